@@ -1,0 +1,424 @@
+/**
+ * progress.js: the dependency-free browser client of the progress streamer (SPEC.md).
+ * Drop it into any page as an ES module: `watchJob` follows one job, `watchJobs` follows
+ * many over one watch stream, and `<job-progress job=... token=...>` renders a bar.
+ *
+ * Deliberate choices:
+ * - Native EventSource does the ordinary resume (it sends Last-Event-ID itself); we only
+ *   step in when it gives up (readyState CLOSED), because it hides the HTTP status.
+ * - We close the EventSource on a terminal event, so the browser never reconnects after
+ *   the end, and drop any event whose seq we have already seen (replays after a resume).
+ * - Server text only ever reaches the page through textContent / setAttribute.
+ */
+
+/** Statuses after which a job never gets another event. */
+export const TERMINAL = new Set(["success", "failure", "revoked"]);
+export const isTerminal = (status) => TERMINAL.has(status);
+
+/** 1s, 2s, 4s … capped at 30s, with "equal jitter" (half fixed, half random) so that
+ * tabs dropped together by one server restart do not all come back in the same second. */
+export const backoffMs = (attempt, random = Math.random) => {
+  const ms = Math.min(30_000, 1000 * 2 ** attempt);
+  return Math.round(ms / 2 + (random() * ms) / 2);
+};
+
+/** The watch cursor: per-job last seq in the watch's job order, `0` = nothing seen. */
+export const buildCursor = (order, seqs) => order.map((id) => seqs.get(id) ?? 0).join(".");
+
+/** Appends query parameters, skipping null/undefined/"" so `token=null` is simply left out. */
+export const withQuery = (url, params) => {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v != null && v !== "") q.set(k, String(v));
+  const s = q.toString();
+  return s ? `${url}${url.includes("?") ? "&" : "?"}${s}` : url;
+};
+
+const jobPath = (baseUrl, jobId) => `${baseUrl}/api/v1/jobs/${encodeURIComponent(jobId)}`;
+export const resultUrl = (baseUrl, jobId, token) => withQuery(`${jobPath(baseUrl, jobId)}/result`, { token });
+const bearer = (token) => (token ? { Authorization: `Bearer ${token}` } : {});
+const noop = () => {};
+
+/** The status endpoint's snapshot, in the shape of a stream event (`ts` unknown: null). */
+export const snapshotEvent = (s) => ({
+  job_id: s.job_id, seq: s.seq, status: s.status, attempt: s.attempt ?? 1,
+  step: null, percent: null, current: null, total: null, message: null, ...(s.progress ?? {}),
+  result: s.result ?? null, error: s.error ?? null, ts: null,
+});
+
+/**
+ * Why did a job's stream fail? EventSource cannot tell, the JSON status endpoint can.
+ * Resolves to {action: "end", event} | {action: "give-up", reason} | {action: "retry", reason}.
+ */
+export async function probeJob(baseUrl, jobId, token) {
+  let res;
+  try {
+    const headers = { Accept: "application/json", ...bearer(token) };
+    res = await fetch(jobPath(baseUrl, jobId), { headers, cache: "no-store" });
+  } catch {
+    return { action: "retry", reason: "network" };
+  }
+  const gone = { 404: "not_found", 401: "unauthorized", 403: "forbidden" }[res.status];
+  if (gone) return { action: "give-up", reason: gone };
+  const body = res.ok ? await res.json().catch(() => null) : null;
+  if (body && isTerminal(body.status)) return { action: "end", event: snapshotEvent(body) };
+  return { action: "retry", reason: res.ok ? "unavailable" : `http_${res.status}` };
+}
+
+/** What the native EventSource can't report: the status code of a stream URL. We read the
+ * headers and abort at once, so nothing is consumed. 0 means a network error. */
+async function probeStream(url) {
+  const ctl = new AbortController();
+  const headers = { Accept: "text/event-stream" };
+  const res = await fetch(url, { headers, cache: "no-store", signal: ctl.signal }).catch(() => null);
+  ctl.abort();
+  return res?.status ?? 0;
+}
+
+/** One EventSource plus what to do when it gives up; subclasses say what a message means. */
+class Stream {
+  constructor(onState) {
+    Object.assign(this, { onState, es: null, timer: null, attempt: 0, closed: false });
+  }
+
+  open(url) {
+    this.es?.close();
+    const es = (this.es = new EventSource(url));
+    es.onopen = () => { this.attempt = 0; this.onState("open"); };
+    es.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch { return; } // not ours: never break the handler
+      if (ev && Number.isInteger(ev.seq) && !this.closed) this.handle(ev);
+    };
+    es.onerror = () => {
+      if (this.closed || es !== this.es) return;
+      if (es.readyState === EventSource.CONNECTING) return this.onState("reconnecting"); // native resume
+      es.close();
+      this.es = null;
+      this.onState("reconnecting", { reason: "diagnosing" });
+      this.lost().catch(() => this.later(() => this.connect(), "network"));
+    };
+  }
+
+  /** Runs fn after the next backoff delay; the reason is shown to the page meanwhile. */
+  later(fn, reason) {
+    if (this.closed) return;
+    this.onState("reconnecting", { reason });
+    this.timer = setTimeout(() => { this.timer = null; if (!this.closed) fn(); }, backoffMs(this.attempt++));
+  }
+
+  stop(state) {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.es?.close();
+    this.es = null;
+    this.onState(state);
+  }
+}
+
+class JobStream extends Stream {
+  constructor({ jobId, token = null, baseUrl = "", lastSeq = 0, onEvent = noop, onState = noop, onEnd = noop }) {
+    super(onState);
+    Object.assign(this, { jobId, token, baseUrl, lastSeq, onEvent, onEnd });
+    this.onState("connecting");
+    this.connect();
+  }
+
+  connect() {
+    const url = `${jobPath(this.baseUrl, this.jobId)}/events`;
+    this.open(withQuery(url, { token: this.token, last_event_id: this.lastSeq || null }));
+  }
+
+  handle(ev) {
+    if (ev.seq <= this.lastSeq) return;
+    this.lastSeq = ev.seq;
+    this.onEvent(ev);
+    if (isTerminal(ev.status)) this.finish(ev);
+  }
+
+  finish(event) {
+    this.stop("ended");
+    this.onEnd({ jobId: this.jobId, status: event.status, event });
+  }
+
+  async lost() {
+    const r = await probeJob(this.baseUrl, this.jobId, this.token);
+    if (this.closed) return;
+    if (r.action === "end") {
+      // The stream answered 204 (terminal already seen) or we missed the end: deliver it.
+      if (r.event.seq > this.lastSeq) { this.lastSeq = r.event.seq; this.onEvent(r.event); }
+      this.finish(r.event);
+    } else if (r.action === "give-up") {
+      this.stop("gave-up");
+      this.onEnd({ jobId: this.jobId, status: null, reason: r.reason });
+    } else this.later(() => this.connect(), r.reason);
+  }
+}
+
+/**
+ * Follows one job. onEvent(event) per new event; onState(state, {reason}?) with state in
+ * connecting | open | reconnecting | ended | gave-up | closed; onEnd({jobId, status, event})
+ * on the terminal status, or onEnd({jobId, status: null, reason}) with reason in
+ * not_found | unauthorized | forbidden. `lastSeq` resumes after an already-seen event.
+ */
+export function watchJob(options) {
+  const stream = new JobStream(options);
+  return { close: () => stream.stop("closed"), get lastSeq() { return stream.lastSeq; } };
+}
+
+/** Up to 100 jobs over one watch (POST /api/v1/watches), re-created if the watch is gone. */
+class WatchGroup extends Stream {
+  constructor({ jobs, baseUrl, onEvent, onState, onEnd }) {
+    super(onState);
+    Object.assign(this, { baseUrl, onEvent, onEnd, watch: null, order: [], gaveUp: false });
+    this.tokens = new Map(jobs.map((j) => [j.jobId, j.token ?? null]));
+    this.seqs = new Map(jobs.map((j) => [j.jobId, j.lastSeq ?? 0]));
+    this.pending = new Set(this.tokens.keys());
+    this.onState("connecting");
+    this.create().catch(() => this.later(() => this.create(), "network"));
+  }
+
+  async create() {
+    this.order = [...this.pending]; // a new watch: the cursor follows its job order
+    const jobs = this.order.map((id) => ({ job_id: id, token: this.tokens.get(id) }));
+    let res;
+    try {
+      const headers = { "Content-Type": "application/json", Accept: "application/json" };
+      res = await fetch(`${this.baseUrl}/api/v1/watches`, { method: "POST", headers, body: JSON.stringify({ jobs }) });
+    } catch {
+      return this.later(() => this.create(), "network");
+    }
+    const body = await res.json().catch(() => null);
+    if (this.closed) return;
+    if (res.status === 201 && body?.events_url) {
+      this.watch = body;
+      return this.connect();
+    }
+    // A 4xx names a job that is unknown or not ours: ask each job which one it is.
+    const code = body?.error?.code ?? `http_${res.status}`;
+    if (res.status >= 400 && res.status < 500 && res.status !== 429) return this.probeAll(code);
+    this.later(() => this.create(), code);
+  }
+
+  url() {
+    const { events_url: url, token } = this.watch;
+    const resume = this.order.some((id) => this.seqs.get(id) > 0);
+    const cursor = resume ? buildCursor(this.order, this.seqs) : null;
+    return withQuery(/^https?:/.test(url) ? url : this.baseUrl + url, { token, last_event_id: cursor });
+  }
+
+  connect() { this.open(this.url()); }
+
+  handle(ev) {
+    const id = ev.job_id;
+    if (!this.pending.has(id) || ev.seq <= this.seqs.get(id)) return;
+    this.seqs.set(id, ev.seq);
+    this.onEvent(ev);
+    if (isTerminal(ev.status)) this.endJob(id, { status: ev.status, event: ev });
+  }
+
+  endJob(jobId, info) {
+    if (!this.pending.delete(jobId)) return;
+    if (info.status === null) this.gaveUp = true;
+    this.onEnd({ jobId, ...info });
+    if (!this.pending.size) this.stop(this.gaveUp ? "gave-up" : "ended");
+  }
+
+  async lost() {
+    const status = await probeStream(this.url());
+    if (this.closed) return;
+    if (status === 204) return this.probeAll(null); // every job already terminal: fetch the ends
+    if ([401, 403, 404].includes(status)) return this.later(() => this.create(), "watch_gone");
+    this.later(() => this.connect(), { 503: "too_many_streams", 0: "network" }[status] ?? `http_${status}`);
+  }
+
+  /** Asks every unfinished job's status endpoint; ends those that are over or gone and
+   * re-creates the watch for the rest, or gives them up with `reason` if nothing changed. */
+  async probeAll(reason) {
+    const ids = [...this.pending];
+    const results = await Promise.all(ids.map((id) => probeJob(this.baseUrl, id, this.tokens.get(id))));
+    if (this.closed) return;
+    let changed = false;
+    results.forEach((r, i) => {
+      if (r.action === "retry") return;
+      changed = true;
+      if (r.action === "give-up") return this.endJob(ids[i], { status: null, reason: r.reason });
+      if (r.event.seq > this.seqs.get(ids[i])) { this.seqs.set(ids[i], r.event.seq); this.onEvent(r.event); }
+      this.endJob(ids[i], { status: r.event.status, event: r.event });
+    });
+    if (this.closed) return;
+    if (changed || !reason) this.later(() => this.create(), "watch_gone");
+    else for (const id of ids) this.endJob(id, { status: null, reason });
+  }
+}
+
+/** The page's summary of several streams: the most worrying state wins. */
+const summarize = (states) =>
+  ["reconnecting", "connecting", "open"].find((s) => states.includes(s)) ??
+  (states.every((s) => s === "ended") ? "ended" : states.includes("closed") ? "closed" : "gave-up");
+
+/**
+ * Follows many jobs over as few connections as possible: one watch per 100 jobs.
+ * jobs: [{jobId, token, lastSeq?}] (lastSeq resumes a job after an event already seen).
+ * onEvent(event) per new event of any job; onEnd({jobId, status, event | reason}) once per
+ * job; onAllDone() once every job has ended; onState(state, {open, streams, reason}) as in
+ * watchJob, summarized over the watches (`open` counts the live ones).
+ */
+export function watchJobs({ jobs, baseUrl = "", onEvent = noop, onState = noop, onEnd = noop, onAllDone = noop }) {
+  const unique = [...new Map(jobs.map((j) => [j.jobId, j])).values()];
+  let remaining = unique.length;
+  const states = [];
+  const reasons = [];
+  const groups = [];
+  const end = (info) => { onEnd(info); if (--remaining === 0) onAllDone(); };
+  const report = () => onState(summarize(states), {
+    open: states.filter((s) => s === "open").length, streams: states.length, reason: reasons.find(Boolean) ?? null,
+  });
+  for (let i = 0; i < unique.length; i += 100) {
+    const k = groups.length;
+    const onGroupState = (state, detail) => { states[k] = state; reasons[k] = detail?.reason; report(); };
+    const chunk = unique.slice(i, i + 100);
+    groups.push(new WatchGroup({ jobs: chunk, baseUrl, onEvent, onEnd: end, onState: onGroupState }));
+  }
+  if (!unique.length) queueMicrotask(onAllDone);
+  return { close: () => groups.forEach((g) => g.stop("closed")) };
+}
+
+const REASONS = {
+  not_found: "Job not found (unknown or expired).",
+  unauthorized: "Not authorized: the token is missing, invalid or expired.",
+  forbidden: "This token does not grant access to this job.",
+};
+
+/** Only a result that names a file gets a download link: a job may succeed without
+ * attaching one, and then the result URL answers 404. */
+export const hasFile = (result) => Boolean(result && typeof result === "object" && (result.file || result.filename));
+
+/**
+ * The DOM of one job's progress, built with createElement / textContent only:
+ * .status, .step, .count, .percent, <progress max=100>, .message, then on failure .error
+ * and on success (when showDownload(event) says so) <a class="download" download>.
+ */
+export class ProgressView {
+  constructor({ jobId, token = null, baseUrl = "", label, showDownload, doc = document }) {
+    showDownload ??= (ev) => hasFile(ev.result);
+    Object.assign(this, { jobId, token, baseUrl, showDownload, doc });
+    this.root = this.el("div", "progress-view");
+    const line = this.el("div", "line", this.root);
+    this.status = this.el("span", "status", line);
+    this.status.setAttribute("role", "status"); // announced politely, unlike every percent tick
+    this.step = this.el("span", "step", line);
+    this.count = this.el("span", "count", line);
+    this.percent = this.el("span", "percent", line);
+    this.bar = this.el("progress", null, this.root);
+    this.bar.max = 100;
+    this.bar.setAttribute("aria-label", label ?? `Progress of job ${jobId}`);
+    this.message = this.el("p", "message", this.root);
+  }
+
+  el(tag, cls, parent) {
+    const e = this.doc.createElement(tag);
+    if (cls) e.className = cls;
+    parent?.append(e);
+    return e;
+  }
+
+  setStatus(status) {
+    this.status.textContent = status;
+    this.root.dataset.status = status;
+  }
+
+  update(ev) {
+    const { status, percent, current, total } = ev;
+    this.setStatus(status);
+    this.step.textContent = ev.step ?? "";
+    this.count.textContent = current == null ? "" : total == null ? `${current}` : `${current}/${total}`;
+    this.message.textContent = ev.message ?? "";
+    if (typeof percent === "number") {
+      this.bar.value = Math.max(0, Math.min(100, percent));
+      this.percent.textContent = `${Math.floor(this.bar.value)}%`;
+    } else if (!isTerminal(status)) {
+      this.bar.removeAttribute("value"); // indeterminate while the task cannot say how far it is
+      this.percent.textContent = "";
+    } else this.settle(status === "success" ? 100 : null);
+    if (status === "failure" && ev.error) this.showError(ev.error.type, ev.error.message);
+    if (status === "success" && this.showDownload(ev)) this.showLink(ev.result);
+  }
+
+  /** A finished bar must not keep the indeterminate animation. */
+  settle(value) {
+    if (value !== null) this.bar.value = value;
+    else if (!this.bar.hasAttribute("value")) this.bar.value = 0;
+    this.percent.textContent = `${Math.floor(this.bar.value)}%`;
+  }
+
+  showError(type, message) {
+    this.error ??= this.el("p", "error", this.root);
+    this.error.setAttribute("role", "alert");
+    this.error.replaceChildren();
+    if (type) this.el("strong", "error-type", this.error).textContent = type;
+    this.el("span", "error-message", this.error).textContent = type ? `: ${message ?? ""}` : message ?? "";
+  }
+
+  showLink(result) {
+    this.link ??= this.el("a", "download", this.root);
+    this.link.setAttribute("href", resultUrl(this.baseUrl, this.jobId, this.token));
+    this.link.setAttribute("download", "");
+    const name = result && typeof result === "object" ? result.filename ?? result.file : null;
+    this.link.textContent = typeof name === "string" ? `Download ${name}` : "Download result";
+  }
+
+  /** onEnd without a terminal event: say why we stopped following the job. */
+  end({ status, reason }) {
+    if (status !== null) return;
+    this.root.dataset.gaveUp = reason;
+    this.settle(null);
+    this.showError(null, REASONS[reason] ?? `Stopped following this job (${reason}).`);
+  }
+}
+
+const Base = globalThis.HTMLElement ?? class {}; // lets Node import this module for tests
+
+/** <job-progress job="ID" token="T" base-url=""> follows one job with its own stream and
+ * fires `job-event` / `job-end` CustomEvents; `state` and `data-status` mirror the stream. */
+export class JobProgressElement extends Base {
+  static observedAttributes = ["job", "token", "base-url"];
+  #watch = null;
+  #queued = false;
+
+  connectedCallback() { this.#schedule(); }
+  disconnectedCallback() { this.#watch?.close(); this.#watch = null; }
+  attributeChangedCallback() { this.#schedule(); }
+
+  /** Attributes arrive one callback at a time: restart once, after all of them. */
+  #schedule() {
+    if (this.#queued) return;
+    this.#queued = true;
+    queueMicrotask(() => { this.#queued = false; this.#start(); });
+  }
+
+  #start() {
+    this.#watch?.close();
+    this.#watch = null;
+    const jobId = this.getAttribute("job");
+    if (!this.isConnected || !jobId) return;
+    const token = this.getAttribute("token") || null;
+    const baseUrl = this.getAttribute("base-url") ?? "";
+    const view = new ProgressView({ jobId, token, baseUrl, doc: this.ownerDocument });
+    this.replaceChildren(view.root);
+    this.#watch = watchJob({
+      jobId, token, baseUrl,
+      onState: (state) => this.setAttribute("state", state),
+      onEvent: (ev) => {
+        view.update(ev);
+        this.dataset.status = ev.status;
+        this.dispatchEvent(new CustomEvent("job-event", { detail: ev }));
+      },
+      onEnd: (info) => { view.end(info); this.dispatchEvent(new CustomEvent("job-end", { detail: info })); },
+    });
+  }
+}
+
+if (globalThis.customElements && !customElements.get("job-progress")) {
+  customElements.define("job-progress", JobProgressElement);
+}

@@ -1,0 +1,72 @@
+"""Settings: SPEC.md's variables and defaults, and a clear error naming a bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.settings import VARIABLE_NAMES, Settings, SettingsError
+
+SPEC_VARIABLES = {
+    "REDIS_URL", "CELERY_BROKER_URL", "PORT", "PROGRESS_AUTH", "PROGRESS_SECRET",
+    "PROGRESS_TOKEN_TTL", "PROGRESS_API_KEY", "PROGRESS_KEY_PREFIX", "PROGRESS_HISTORY",
+    "PROGRESS_JOB_TTL", "PROGRESS_MAX_EVENT_BYTES", "PROGRESS_MAX_FILE_BYTES",
+    "PROGRESS_MAX_BODY_BYTES", "PROGRESS_THROTTLE_MS", "PROGRESS_LEASE_SECONDS",
+    "PROGRESS_PING_SECONDS", "PROGRESS_CLIENT_QUEUE", "PROGRESS_SEND_TIMEOUT",
+    "PROGRESS_MAX_STREAMS", "PROGRESS_MAX_STREAMS_PER_CLIENT", "PROGRESS_MAX_STREAM_SECONDS",
+    "PROGRESS_SHUTDOWN_SECONDS", "PROGRESS_CORS_ORIGINS",
+}  # fmt: skip
+
+
+def test_the_variables_are_exactly_those_of_the_spec() -> None:
+    assert set(VARIABLE_NAMES) == SPEC_VARIABLES
+
+
+def test_defaults_match_the_spec() -> None:
+    s = Settings.from_env({})
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.broker_url == s.redis_url
+    assert (s.port, s.auth, s.token_ttl, s.key_prefix) == (8000, "token", 86400, "progress")
+    assert (s.history, s.job_ttl, s.max_event_bytes) == (1000, 86400, 16384)
+    assert (s.max_file_bytes, s.max_body_bytes, s.throttle_ms) == (10485760, 1048576, 100)
+    assert (s.lease_seconds, s.ping_seconds, s.client_queue, s.send_timeout) == (30, 15, 1000, 30)
+    assert (s.max_streams, s.max_streams_per_client) == (10000, 500)
+    assert (s.max_stream_seconds, s.shutdown_seconds, s.cors_origins) == (3600, 5, ())
+    assert s.secret is None and s.api_key is None
+
+
+def test_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "CELERY_BROKER_URL": "amqp://guest@localhost//",
+            "PROGRESS_AUTH": "none",
+            "PROGRESS_LEASE_SECONDS": "2.5",
+            "PROGRESS_CORS_ORIGINS": "https://a.example, https://b.example/",
+        }
+    )
+    assert s.broker_url == "amqp://guest@localhost//"
+    assert not s.auth_enabled and s.lease_seconds == 2.5
+    assert s.cors_origins == ("https://a.example", "https://b.example")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("PROGRESS_AUTH", "maybe"),
+        ("PROGRESS_HISTORY", "0"),
+        ("PROGRESS_LEASE_SECONDS", "nan"),
+        ("REDIS_URL", "localhost:6379"),
+        ("PROGRESS_CORS_ORIGINS", "*"),
+        ("PROGRESS_KEY_PREFIX", "a{b}"),
+    ],
+)
+def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_the_web_process_refuses_auth_without_a_secret() -> None:
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
+        Settings.from_env({}).check_web()
+    Settings.from_env({"PROGRESS_AUTH": "none"}).check_web()

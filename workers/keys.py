@@ -1,0 +1,75 @@
+"""Every Redis key and channel name of a job, in one place.
+
+The job id sits in a Redis Cluster hash tag (`{<job_id>}`), so all of one job's keys and
+its channel map to one slot and the publish script only ever touches one job. Ids are
+validated here, before any name is built from them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class InvalidJobId(ValueError):
+    """A job id that does not match `^[A-Za-z0-9_-]{1,64}$`."""
+
+
+def is_valid_job_id(job_id: object) -> bool:
+    return isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class JobKeys:
+    """The names of one job's keys: state hash, history list, attached file, channel."""
+
+    state: str
+    history: str
+    file: str
+    channel: str
+
+    @property
+    def all_keys(self) -> tuple[str, str, str]:
+        return (self.state, self.history, self.file)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Key names under one prefix (`PROGRESS_KEY_PREFIX`; tests use one per test)."""
+
+    prefix: str
+
+    def job(self, job_id: str) -> JobKeys:
+        if not is_valid_job_id(job_id):
+            raise InvalidJobId(f"invalid job id: {job_id[:80]!r}")
+        base = f"{self.prefix}:{{{job_id}}}"
+        return JobKeys(
+            state=f"{base}:state",
+            history=f"{base}:history",
+            file=f"{base}:file",
+            channel=f"{base}:events",
+        )
+
+    @property
+    def leases(self) -> str:
+        """Sorted set of running jobs by lease deadline: the sweeper's index."""
+        return f"{self.prefix}:leases"
+
+    @property
+    def watches(self) -> str:
+        return f"{self.prefix}:watch"
+
+    def watch(self, watch_id: str) -> str:
+        if not is_valid_job_id(watch_id):
+            raise InvalidJobId(f"invalid watch id: {watch_id[:80]!r}")
+        return f"{self.prefix}:watch:{{{watch_id}}}"
+
+    def job_id_of_channel(self, channel: str) -> str | None:
+        """The job id inside a channel name from this key space, else None."""
+        head = f"{self.prefix}:{{"
+        if not (channel.startswith(head) and channel.endswith("}:events")):
+            return None
+        job_id = channel[len(head) : -len("}:events")]
+        return job_id if is_valid_job_id(job_id) else None

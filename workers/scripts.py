@@ -1,0 +1,105 @@
+"""The Lua scripts that own a job's state in Redis; each touches one job's keys only.
+
+Every write to a job goes through `PUBLISH`, so ordering, refusal after a terminal event
+and `seq` assignment happen in one atomic round trip, whichever process publishes.
+"""
+
+from __future__ import annotations
+
+# Publish one event.
+# KEYS[1] state hash (seq, status, attempt, percent, lease, event)
+# KEYS[2] history list, KEYS[3] attached-file hash, KEYS[4] the job's pub/sub channel
+# ARGV[1] JSON head `{"job_id":"<id>",`   ARGV[2] JSON tail `"status":...}`
+# ARGV[3] status   ARGV[4] attempt ('' = the job's current one; for `started`, a minimum)
+# ARGV[5] percent ('' = none)   ARGV[6] history bound   ARGV[7] TTL seconds
+# ARGV[8] condition: '' or 'lease_expired' (the sweeper: only if the worker's lease ran out)
+# ARGV[9] lease seconds to grant the running attempt ('' = leave the lease alone)
+# Returns {1, seq, attempt} when accepted, {0, reason, seq} when refused.
+PUBLISH = r"""
+local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease')
+local seq = tonumber(st[1]) or 0
+local cur = st[2]
+local cur_attempt = tonumber(st[3]) or 0
+local status = ARGV[3]
+local terminal = {success=true, failure=true, revoked=true}
+if cur and terminal[cur] then return {0, 'terminal', seq} end
+local now = redis.call('TIME')
+local now_s = tonumber(now[1]) + tonumber(now[2]) / 1000000
+if ARGV[8] == 'lease_expired' then
+  local lease = tonumber(st[5])
+  if not lease or lease > now_s then return {0, 'lease_active', seq} end
+end
+local allowed = {
+  pending = {started=true, failure=true, revoked=true},
+  started = {started=true, progress=true, success=true, failure=true, revoked=true},
+  progress = {started=true, progress=true, success=true, failure=true, revoked=true},
+}
+if cur and not allowed[cur][status] then return {0, 'illegal_transition', seq} end
+local asked = tonumber(ARGV[4])
+local attempt = cur_attempt
+if status == 'started' then
+  if cur == 'started' or cur == 'progress' then attempt = cur_attempt + 1 end
+  if asked and asked > attempt then attempt = asked end
+  if attempt < 1 then attempt = 1 end
+elseif asked then
+  if cur and asked ~= cur_attempt then return {0, 'stale_attempt', seq} end
+  attempt = asked
+end
+if attempt < 1 then attempt = 1 end
+local percent = tonumber(ARGV[5])
+if status == 'progress' and percent and st[4] and cur_attempt == attempt
+   and tonumber(st[4]) > percent then
+  return {0, 'percent_decreased', seq}
+end
+seq = seq + 1
+local event = ARGV[1] .. '"seq":' .. seq .. ',"attempt":' .. attempt .. ',' .. ARGV[2]
+redis.call('HSET', KEYS[1], 'seq', seq, 'status', status, 'attempt', attempt, 'event', event)
+if status == 'started' then redis.call('HDEL', KEYS[1], 'percent') end
+if percent then redis.call('HSET', KEYS[1], 'percent', ARGV[5]) end
+if terminal[status] then
+  redis.call('HDEL', KEYS[1], 'lease')
+elseif ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[1], 'lease', now_s + tonumber(ARGV[9]))
+end
+redis.call('RPUSH', KEYS[2], event)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+local ttl = tonumber(ARGV[7])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('PUBLISH', KEYS[4], event)
+return {1, seq, attempt}
+"""
+
+# Read what a client needs to catch up, atomically with respect to publishes.
+# KEYS[1] state hash, KEYS[2] history list
+# ARGV[1] the client's last seen seq (-1: none, give the snapshot)
+# Returns {} for an unknown job, else {seq, status, mode, snapshot, events}:
+# mode 'since' with the retained events after ARGV[1] (maybe none), or mode 'snapshot'
+# when ARGV[1] is -1, older than the history or ahead of the job.
+READ_SINCE = r"""
+local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'event')
+if not st[1] then return {} end
+local seq = tonumber(st[1])
+local after = tonumber(ARGV[1])
+if after < 0 or after > seq then return {seq, st[2], 'snapshot', st[3], {}} end
+if after == seq then return {seq, st[2], 'since', st[3], {}} end
+local first = seq - redis.call('LLEN', KEYS[2]) + 1
+if after + 1 < first then return {seq, st[2], 'snapshot', st[3], {}} end
+return {seq, st[2], 'since', st[3], redis.call('LRANGE', KEYS[2], after + 1 - first, -1)}
+"""
+
+# Extend the running attempt's lease (the worker's heartbeat).
+# KEYS[1] state hash   ARGV[1] attempt   ARGV[2] lease seconds
+# Returns the new deadline (UNIX seconds, as a string), or false when the job is
+# finished, gone, or running another attempt (the caller then stops its heartbeat).
+TOUCH_LEASE = r"""
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if not st[1] then return false end
+if st[1] == 'success' or st[1] == 'failure' or st[1] == 'revoked' then return false end
+if tonumber(st[2]) ~= tonumber(ARGV[1]) then return false end
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'lease', deadline)
+return tostring(deadline)
+"""

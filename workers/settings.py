@@ -1,0 +1,175 @@
+"""The settings: one frozen object built from the environment, in this one place.
+
+Both the web app and the workers take a `Settings` explicitly; nothing reads
+`os.environ` at import time. A bad value raises `SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A variable of the environment has a value the product cannot run with."""
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+            raise ValueError(f"must be an integer {bound}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not value >= minimum or value == float("inf"):
+            raise ValueError(f"must be a finite number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _broker_url(raw: str) -> str:
+    value = raw.strip()
+    if "://" not in value:
+        raise ValueError("must be a URL such as redis://host:6379/0")
+    return value
+
+
+def _key_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c in value for c in "{} \t\r\n"):
+        raise ValueError("must be non-empty, without braces or whitespace")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin == "*" or "://" not in origin:
+            raise ValueError(f"{origin!r} is not an origin like https://example.com")
+    return origins
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every knob of SPEC.md's configuration table, with its default."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    celery_broker_url: str | None = None  # None: use redis_url
+    port: int = 8000
+    auth: str = "token"
+    secret: str | None = None
+    token_ttl: int = 86400
+    api_key: str | None = None
+    key_prefix: str = "progress"
+    history: int = 1000
+    job_ttl: int = 86400
+    max_event_bytes: int = 16384
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    throttle_ms: int = 100
+    lease_seconds: float = 30.0
+    ping_seconds: float = 15.0
+    client_queue: int = 1000
+    send_timeout: float = 30.0
+    max_streams: int = 10000
+    max_streams_per_client: int = 500
+    max_stream_seconds: float = 3600.0
+    shutdown_seconds: float = 5.0
+    cors_origins: tuple[str, ...] = ()
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "token"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (attr, parse) in _VARIABLES.items():
+            raw = env.get(name)
+            if raw is None or (raw.strip() == "" and attr != "cors_origins"):
+                continue
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Settings(**{**current, **changes})
+
+    def check_web(self) -> None:
+        """What only the web process needs: a signing secret when auth is on."""
+        if self.auth_enabled and not self.secret:
+            raise SettingsError(
+                "PROGRESS_SECRET is not set: the web process refuses to start with "
+                "PROGRESS_AUTH=token and no secret (set one, or PROGRESS_AUTH=none)"
+            )
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "REDIS_URL": ("redis_url", _redis_url),
+    "CELERY_BROKER_URL": ("celery_broker_url", _broker_url),
+    "PORT": ("port", _int(1, 65535)),
+    "PROGRESS_AUTH": ("auth", _choice("token", "none")),
+    "PROGRESS_SECRET": ("secret", _text),
+    "PROGRESS_TOKEN_TTL": ("token_ttl", _int(1)),
+    "PROGRESS_API_KEY": ("api_key", _text),
+    "PROGRESS_KEY_PREFIX": ("key_prefix", _key_prefix),
+    "PROGRESS_HISTORY": ("history", _int(1)),
+    "PROGRESS_JOB_TTL": ("job_ttl", _int(1)),
+    "PROGRESS_MAX_EVENT_BYTES": ("max_event_bytes", _int(256)),
+    "PROGRESS_MAX_FILE_BYTES": ("max_file_bytes", _int(1)),
+    "PROGRESS_MAX_BODY_BYTES": ("max_body_bytes", _int(64)),
+    "PROGRESS_THROTTLE_MS": ("throttle_ms", _int(0)),
+    "PROGRESS_LEASE_SECONDS": ("lease_seconds", _float(1.0)),
+    "PROGRESS_PING_SECONDS": ("ping_seconds", _float(0.1)),
+    "PROGRESS_CLIENT_QUEUE": ("client_queue", _int(2)),
+    "PROGRESS_SEND_TIMEOUT": ("send_timeout", _float(0.1)),
+    "PROGRESS_MAX_STREAMS": ("max_streams", _int(1)),
+    "PROGRESS_MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _int(1)),
+    "PROGRESS_MAX_STREAM_SECONDS": ("max_stream_seconds", _float(1.0)),
+    "PROGRESS_SHUTDOWN_SECONDS": ("shutdown_seconds", _float(0.0)),
+    "PROGRESS_CORS_ORIGINS": ("cors_origins", _origins),
+}
+
+VARIABLE_NAMES = tuple(_VARIABLES)
