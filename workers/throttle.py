@@ -41,7 +41,8 @@ class ProgressThrottle:
         self._lock = threading.Lock()
         self._last_sent = _NEVER
         self._last_step: object = _UNSET
-        self._pending: Report | None = None
+        self._pending: tuple[str | None, float | None, int | None, int | None, str | None] | None
+        self._pending = None
         self._timer: threading.Timer | None = None
         self._deferred_error: Exception | None = None
 
@@ -54,18 +55,29 @@ class ProgressThrottle:
         message: str | None = None,
     ) -> None:
         now = time.monotonic()
+        if step == self._last_step and now - self._last_sent < self._interval:
+            # The hot path takes no lock: under the GIL, storing the tuple is atomic and
+            # `_on_timer` clears `_timer` before it takes `_pending`, so a value stored
+            # here is either taken by a running timer or starts a new one.
+            self._pending = (step, percent, current, total, message)
+            if self._timer is None:
+                with self._lock:
+                    if self._timer is None and self._pending is not None:
+                        self._start_timer(self._last_sent + self._interval - now)
+            if self._deferred_error is not None:
+                self._raise_deferred()
+            return
         with self._lock:
             if self._deferred_error is not None:
-                error, self._deferred_error = self._deferred_error, None
-                raise error
-            if step == self._last_step and now - self._last_sent < self._interval:
-                self._pending = Report(step, percent, current, total, message)
-                if self._timer is None:
-                    self._start_timer(self._last_sent + self._interval - now)
-                return
+                self._raise_deferred()
             self._pending = None
             self._last_sent, self._last_step = now, step
             self._send(Report(step, percent, current, total, message))
+
+    def _raise_deferred(self) -> None:
+        error, self._deferred_error = self._deferred_error, None
+        if error is not None:
+            raise error
 
     def flush(self) -> None:
         """Send the coalesced latest value now (before a status change or at the end)."""
@@ -82,8 +94,8 @@ class ProgressThrottle:
     def _flush_locked(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            self._last_sent, self._last_step = time.monotonic(), pending.step
-            self._send(pending)
+            self._last_sent, self._last_step = time.monotonic(), pending[0]
+            self._send(Report._make(pending))
 
     def _on_timer(self) -> None:
         with self._lock:
