@@ -95,7 +95,9 @@ class Stream {
       es.close();
       this.es = null;
       this.onState("reconnecting", { reason: "diagnosing" });
-      this.lost().catch(() => this.later(() => this.connect(), "network"));
+      // A task later, not now: a page being unloaded also sees its stream fail, and must not
+      // send probes on its way out (its timers never fire).
+      setTimeout(() => this.closed || this.lost().catch(() => this.later(() => this.connect(), "network")));
     };
   }
 
@@ -190,7 +192,7 @@ class WatchGroup extends Stream {
     }
     const body = await res.json().catch(() => null);
     if (this.closed) return;
-    if (res.status === 201 && body?.events_url) {
+    if (res.ok && body?.events_url) { // SPEC: 201
       this.watch = body;
       return this.connect();
     }

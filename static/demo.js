@@ -1,0 +1,251 @@
+/**
+ * demo.js: the logic of the demo page served at `/` (SPEC "The demo page").
+ * Starts demo jobs, renders one card per job with progress.js's ProgressView, follows every
+ * unfinished job over ONE watch stream, and keeps the jobs in sessionStorage across reloads.
+ * Server text reaches the page only through textContent (ProgressView does the same).
+ */
+import { ProgressView, hasFile, isTerminal, watchJobs } from "./progress.js";
+
+const STORE = "progress-demo:jobs";
+const KEY_STORE = "progress-demo:api-key";
+const $ = (selector) => document.querySelector(selector);
+
+/** jobId -> what we persist: {jobId, token, task, runner, created, last, percent, end}. */
+const jobs = new Map();
+/** jobId -> {card, view, cancel}: the DOM, never persisted. */
+const cards = new Map();
+
+let watch = null;
+let generation = 0; // callbacks of a watch we replaced must not touch the page
+let saveTimer = null;
+
+const finished = (job) => Boolean(job.end) || Boolean(job.last && isTerminal(job.last.status));
+
+function make(tag, className, parent) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  parent?.append(el);
+  return el;
+}
+
+// --- persistence: sessionStorage keeps a tab's jobs across a reload, not across tabs ----
+
+function save() {
+  clearTimeout(saveTimer);
+  saveTimer = null;
+  try {
+    sessionStorage.setItem(STORE, JSON.stringify([...jobs.values()]));
+  } catch {
+    // Storage full or disabled: the page still works, it just forgets on reload.
+  }
+}
+
+/** Progress events come in bursts (10 jobs x 5 a second): write at most every 200 ms. */
+const saveSoon = () => { saveTimer ??= setTimeout(save, 200); };
+
+function restore() {
+  try {
+    const stored = JSON.parse(sessionStorage.getItem(STORE) ?? "[]");
+    return Array.isArray(stored) ? stored.filter((j) => j && typeof j.jobId === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+// --- HTTP -------------------------------------------------------------------------------
+
+async function api(method, path, { token = null, body } = {}) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  try {
+    const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: res.status, data: await res.json().catch(() => null) };
+  } catch {
+    return { status: 0, data: null };
+  }
+}
+
+const describe = (r) =>
+  r.status === 0 ? "the server cannot be reached" : `${r.data?.error?.message ?? "unexpected answer"} (HTTP ${r.status})`;
+
+function showAlert(text) {
+  $("#alert .alert-text").textContent = text;
+  $("#alert").hidden = false;
+}
+
+// --- cards ------------------------------------------------------------------------------
+
+const TASK_NAMES = { "demo.report": "Report", "demo.fail": "Failing job" };
+
+function renderCard(job) {
+  const card = make("li", "job");
+  Object.assign(card.dataset, { jobId: job.jobId, task: job.task, runner: job.runner, status: "pending" });
+  const head = make("div", "job-head", card);
+  make("span", "task", head).textContent = TASK_NAMES[job.task] ?? job.task;
+  make("span", "runner", head).textContent = job.runner;
+  const id = make("code", "job-id", head);
+  id.textContent = job.jobId.slice(0, 8);
+  id.title = job.jobId;
+  const view = new ProgressView({
+    jobId: job.jobId,
+    token: job.token,
+    label: `Progress of ${TASK_NAMES[job.task] ?? job.task} ${job.jobId.slice(0, 8)}`,
+    // demo.report always attaches its report; other tasks say so in their result.
+    showDownload: (ev) => job.task === "demo.report" || hasFile(ev.result),
+  });
+  head.append(view.status); // the status badge sits in the card's header
+  view.setStatus("pending");
+  card.append(view.root);
+  const actions = make("div", "actions", card);
+  const cancel = make("button", "cancel", actions);
+  cancel.type = "button";
+  cancel.textContent = "Cancel";
+  cancel.addEventListener("click", () => cancelJob(job, cancel));
+  cards.set(job.jobId, { card, view, cancel });
+  $("#jobs").prepend(card); // newest first
+  $("#empty").hidden = true;
+  show(job);
+}
+
+/** Brings a card in line with the job's last event and end. */
+function show(job) {
+  const { card, view, cancel } = cards.get(job.jobId);
+  if (job.last) {
+    // A failed or revoked job's last event may carry no percent: a restored card keeps the
+    // last known one, as a card that saw it live does.
+    const { last, percent } = job;
+    view.update(last.percent == null && percent != null && last.status !== "success" ? { ...last, percent } : last);
+    card.dataset.status = job.last.status;
+  }
+  if (job.end?.reason) {
+    view.end({ status: null, reason: job.end.reason });
+    card.dataset.gaveUp = job.end.reason;
+  }
+  if (finished(job)) cancel.remove();
+}
+
+function applyEvent(ev) {
+  const job = jobs.get(ev.job_id);
+  if (!job || (job.last && ev.seq <= job.last.seq)) return; // already shown before a resume
+  job.last = ev;
+  if (typeof ev.percent === "number") job.percent = ev.percent;
+  show(job);
+  saveSoon();
+}
+
+function endJob({ jobId, status, reason }) {
+  const job = jobs.get(jobId);
+  if (!job || status !== null) return; // a terminal status already came through applyEvent
+  job.end = { reason };
+  show(job);
+  saveSoon();
+}
+
+async function cancelJob(job, button) {
+  button.disabled = true;
+  button.textContent = "Cancelling…";
+  const r = await api("DELETE", `/api/v1/jobs/${encodeURIComponent(job.jobId)}`, { token: job.token });
+  if (r.status === 202) return; // the `revoked` event arrives over the stream and removes the button
+  if (r.status === 409) {
+    button.textContent = "Already finished";
+    return;
+  }
+  button.disabled = false;
+  button.textContent = "Cancel";
+  showAlert(`Could not cancel the job: ${describe(r)}`);
+}
+
+// --- the one watch stream ---------------------------------------------------------------
+
+const CONN_TEXT = {
+  open: (d) => (d.open === 1 ? "1 live stream" : `${d.open} live streams`),
+  connecting: () => "connecting…",
+  reconnecting: (d) => (d.reason === "too_many_streams" ? "reconnecting… (server busy: too many streams)" : "reconnecting…"),
+  "gave-up": () => "Stream stopped: some jobs could not be followed",
+};
+
+function showConn(state, detail = {}) {
+  const conn = $("#conn-state");
+  conn.dataset.state = state;
+  conn.textContent = CONN_TEXT[state]?.(detail) ?? "No live stream";
+}
+
+/** Follows every unfinished job over one new watch, each resuming after its last seen seq
+ * (the new watch's cursor starts from those seqs, so no event is shown twice). */
+function rewatch() {
+  const gen = ++generation;
+  watch?.close();
+  watch = null;
+  const live = [...jobs.values()].filter((j) => !finished(j));
+  if (!live.length) return showConn("idle");
+  const mine = (fn) => (...args) => { if (gen === generation) fn(...args); };
+  watch = watchJobs({
+    jobs: live.map((j) => ({ jobId: j.jobId, token: j.token, lastSeq: j.last?.seq ?? 0 })),
+    onEvent: mine(applyEvent),
+    onEnd: mine(endJob),
+    onState: mine(showConn),
+    onAllDone: mine(() => { watch = null; showConn("idle"); }),
+  });
+}
+
+// --- buttons ----------------------------------------------------------------------------
+
+async function start(task, params, count = 1) {
+  const runner = $("#runner").value;
+  const key = $("#api-key").value.trim() || null;
+  const body = { task, params, runner };
+  const answers = await Promise.all(Array.from({ length: count }, () => api("POST", "/api/v1/jobs", { token: key, body })));
+  for (const r of answers.filter((a) => a.status >= 200 && a.status < 300 && a.data?.job_id)) {
+    const job = { jobId: r.data.job_id, token: r.data.token ?? null, task, runner, created: Date.now(), last: null, end: null };
+    jobs.set(job.jobId, job);
+    renderCard(job);
+  }
+  const failed = answers.filter((a) => !(a.status >= 200 && a.status < 300 && a.data?.job_id));
+  if (failed.length) {
+    const what = count === 1 ? "the job" : `${failed.length} of ${count} jobs`;
+    showAlert(`Could not start ${what}: ${describe(failed[0])}`);
+  }
+  if (failed.length < count) {
+    save();
+    rewatch();
+  }
+}
+
+function clearFinished() {
+  for (const job of [...jobs.values()].filter(finished)) {
+    cards.get(job.jobId).card.remove();
+    cards.delete(job.jobId);
+    jobs.delete(job.jobId);
+  }
+  $("#empty").hidden = jobs.size > 0;
+  save();
+}
+
+function init() {
+  $("#start-report").addEventListener("click", () => start("demo.report", { steps: 20, step_ms: 200 }));
+  $("#start-fail").addEventListener("click", () => start("demo.fail", { fail_at: 50, step_ms: 200 }));
+  $("#start-ten").addEventListener("click", () => start("demo.report", { steps: 20, step_ms: 200 }, 10));
+  $("#clear").addEventListener("click", clearFinished);
+  $("#alert .dismiss").addEventListener("click", () => { $("#alert").hidden = true; });
+  const key = $("#api-key");
+  key.value = sessionStorage.getItem(KEY_STORE) ?? "";
+  key.addEventListener("change", () => sessionStorage.setItem(KEY_STORE, key.value.trim()));
+  // Leaving (or reloading): flush the debounced save and close the stream ourselves, so the
+  // dying page does not mistake the aborted stream for a server failure. Back from the
+  // back/forward cache: follow the jobs again.
+  addEventListener("pagehide", () => {
+    save();
+    generation++;
+    watch?.close();
+    watch = null;
+  });
+  addEventListener("pageshow", (e) => { if (e.persisted) rewatch(); });
+  for (const job of restore()) {
+    jobs.set(job.jobId, job);
+    renderCard(job);
+  }
+  rewatch();
+}
+
+init();
