@@ -1,0 +1,165 @@
+"""Enqueue and cancel ARQ jobs the way the stream expects: `ArqRunner`, `publish_pending`.
+
+The web app's runner interface is synchronous (it calls runners in a worker thread), so
+`enqueue`/`cancel` run a short event loop of their own, with connections of their own,
+per call. Asyncio callers use `aenqueue`/`acancel` on one long-lived event loop (and
+`aclose` at the end). Both publish through the publish script first: `pending` before
+the job exists in ARQ's queue, `revoked` before ARQ is asked to abort it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.jobs import Job, JobStatus, ResultNotFound
+
+from workers.arq_settings import queue_name_of
+from workers.event import ErrorInfo, EventDraft
+from workers.publisher import AsyncPublisher, PublishOutcome
+from workers.settings import Settings
+from workers.status import Status
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# ARQ's own view of a job, as one of our statuses (None: ARQ does not know the job).
+# `complete` covers success, failure and abort alike: our snapshot says which.
+ARQ_STATUSES: dict[JobStatus, Status | None] = {
+    JobStatus.deferred: Status.PENDING,
+    JobStatus.queued: Status.PENDING,
+    JobStatus.in_progress: Status.STARTED,
+    JobStatus.complete: None,
+    JobStatus.not_found: None,
+}
+
+
+class EnqueueRefused(RuntimeError):
+    """ARQ already holds a job (or its result) with this id."""
+
+
+async def publish_pending(
+    target: AsyncPublisher | redis.asyncio.Redis, job_id: str, settings: Settings | None = None
+) -> PublishOutcome:
+    """Publish `pending` for a job you are about to enqueue with your own `enqueue_job`:
+
+        await publish_pending(arq_redis, job_id)
+        await arq_redis.enqueue_job("my_job", _job_id=job_id, ...)
+
+    `target` is a publisher, or any asyncio Redis client of the progress Redis (an
+    `ArqRedis` when ARQ uses the same Redis); `settings` default to the environment's.
+    """
+    if not isinstance(target, AsyncPublisher):
+        target = AsyncPublisher(target, settings or Settings.from_env())
+    return await target.publish(EventDraft(job_id=job_id, status=Status.PENDING))
+
+
+class ArqRunner:
+    """The web app's ARQ runner: `pending` + enqueue, `revoked` + abort."""
+
+    def __init__(self, settings: Settings, *, queue_name: str | None = None) -> None:
+        self.settings = settings
+        self.queue_name = queue_name or queue_name_of(settings)
+        self._pool: ArqRedis | None = None
+
+    # --- synchronous, for a worker thread (the web app's `JobRunner` protocol) ---
+
+    def enqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
+        """Publish `pending`, then put the job on ARQ's queue. Not from an event loop."""
+        self._run_once(lambda pool: self._enqueue(pool, job_id, task, params))
+
+    def cancel(self, job_id: str) -> PublishOutcome:
+        """Publish `revoked` (refused when already terminal: then nothing else), then abort."""
+        return self._run_once(lambda pool: self._cancel(pool, job_id))
+
+    # --- asyncio, for callers on one long-lived loop ---
+
+    async def aenqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
+        await self._enqueue(await self._shared_pool(), job_id, task, params)
+
+    async def acancel(self, job_id: str) -> PublishOutcome:
+        return await self._cancel(await self._shared_pool(), job_id)
+
+    async def astatus(self, job_id: str) -> JobStatus:
+        """ARQ's own status of the job (for a job we have no snapshot of)."""
+        pool = await self._shared_pool()
+        return await Job(job_id, pool, _queue_name=self.queue_name).status()
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
+
+    # --- the work, on a given connection pool ---
+
+    async def _enqueue(
+        self, pool: ArqRedis, job_id: str, task: str, params: dict[str, Any]
+    ) -> None:
+        publisher = AsyncPublisher(pool, self.settings)
+        outcome = await publisher.publish(EventDraft(job_id=job_id, status=Status.PENDING))
+        if not outcome.accepted:
+            raise EnqueueRefused(f"job {job_id} already exists ({outcome.reason})")
+        try:
+            job = await pool.enqueue_job(
+                task, _job_id=job_id, _queue_name=self.queue_name, **params
+            )
+            if job is None:
+                raise EnqueueRefused(f"ARQ already has a job {job_id}")
+        except Exception as exc:
+            # The job will never run: end its stream rather than leave it pending forever.
+            error = ErrorInfo(type=type(exc).__name__, message=str(exc)[:500])
+            await _quietly(
+                publisher.publish(EventDraft(job_id=job_id, status=Status.FAILURE, error=error))
+            )
+            raise
+
+    async def _cancel(self, pool: ArqRedis, job_id: str) -> PublishOutcome:
+        publisher = AsyncPublisher(pool, self.settings)
+        outcome = await publisher.publish(EventDraft(job_id=job_id, status=Status.REVOKED))
+        if outcome.accepted:
+            await self._abort(pool, job_id)
+        return outcome
+
+    async def _abort(self, pool: ArqRedis, job_id: str) -> None:
+        """Ask ARQ to abort (a running job is cancelled at the worker's next poll; a
+        queued one is dropped when picked), without waiting for the outcome."""
+        job = Job(job_id, pool, _queue_name=self.queue_name)
+        try:
+            await job.abort(timeout=0, poll_delay=0)
+        except (TimeoutError, ResultNotFound):
+            pass
+
+    async def _shared_pool(self) -> ArqRedis:
+        if self._pool is None:
+            self._pool = await self._connect()
+        return self._pool
+
+    async def _connect(self) -> ArqRedis:
+        # No connection retries: a request should fail fast (ARQ's default waits 5 s).
+        redis_settings = dataclasses.replace(
+            RedisSettings.from_dsn(self.settings.redis_url), conn_retries=0
+        )
+        return await create_pool(redis_settings, default_queue_name=self.queue_name)
+
+    def _run_once(self, work: Callable[[ArqRedis], Awaitable[R]]) -> R:
+        async def main() -> R:
+            pool = await self._connect()
+            try:
+                return await work(pool)
+            finally:
+                await pool.aclose()
+
+        return asyncio.run(main())
+
+
+async def _quietly(step: Awaitable[Any]) -> None:
+    try:
+        await step
+    except Exception as exc:
+        log.warning("could not publish the failure of an enqueue: %s", exc)

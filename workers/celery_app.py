@@ -1,0 +1,48 @@
+"""The Celery app: `celery -A workers.celery_app worker` (the Procfile's `worker:` line).
+
+Importing this module connects the signal handlers but imports no task code (`include=`
+loads it when a worker starts), so the web app can send tasks by name. The settings are
+read from the environment when the configuration is first needed, not at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers import celery_signals
+from workers.celery_runtime import runtime
+from workers.celery_task import ProgressTask
+from workers.settings import Settings
+
+TASK_MODULES = ("workers.tasks.demo",)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Our Redis state is the source of truth for a job: no result backend.
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": False,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": True,
+    }
+
+
+def create_celery_app(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:
+    """An app for `settings`, or for the environment's settings (read lazily)."""
+    celery_signals.connect()
+    app = Celery(
+        "workers", task_cls=ProgressTask, include=list(TASK_MODULES), set_as_current=set_as_current
+    )
+    app.add_defaults(lambda: celery_config(settings or runtime.settings))
+    return app
+
+
+app = create_celery_app()
