@@ -1,0 +1,68 @@
+"""Every error answer as SPEC.md's JSON: `{"error": {"code": ..., "message": ...}}`.
+
+Routes raise `ApiError`; the handlers here also turn Starlette's own 404/405 and any
+unhandled exception (500 `internal`, no traceback in the body) into the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger(__name__)
+
+_CODE_OF_STATUS = {
+    400: "invalid_json",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    503: "not_ready",
+}
+
+
+class ApiError(Exception):
+    """An answer other than success: status, SPEC.md error code, message, extra headers."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _CODE_OF_STATUS.get(exc.status_code, "internal")
+    headers = dict(exc.headers or {})
+    return error_response(exc.status_code, code, str(exc.detail), headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    headers = {"Referrer-Policy": "no-referrer"}  # outside the middleware that adds it
+    return error_response(500, "internal", "internal server error", headers)
+
+
+EXCEPTION_HANDLERS = {ApiError: api_error, HTTPException: http_error, Exception: internal_error}

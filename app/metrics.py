@@ -1,0 +1,45 @@
+"""The process's Prometheus metrics, one registry per app (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """Counters the hub and the streams bump; gauges read live values when scraped."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_relayed = Counter(
+            "progress_events_relayed", "Events read from Redis pub/sub and fanned out", registry=r
+        )
+        self.frames_coalesced = Counter(
+            "progress_frames_coalesced", "Progress frames replaced in full queues", registry=r
+        )
+        self.slow_clients_dropped = Counter(
+            "progress_slow_clients_dropped", "Streams ended because the client read nothing",
+            registry=r,
+        )  # fmt: skip
+        self.redis_reconnects = Counter(
+            "progress_redis_reconnects", "Times the shared pub/sub connection was lost", registry=r
+        )
+        self.streams_refused = Counter(
+            "progress_streams_refused", "Streams answered 503 too_many_streams", registry=r
+        )
+        self._open_streams = Gauge("progress_open_streams", "Open SSE streams", registry=r)
+        self._watched_jobs = Gauge(
+            "progress_watched_jobs", "Job channels subscribed on the shared connection", registry=r
+        )
+
+    def track(self, open_streams: Callable[[], int], watched_jobs: Callable[[], int]) -> None:
+        self._open_streams.set_function(open_streams)
+        self._watched_jobs.set_function(watched_jobs)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,88 @@
+"""The stream writer: an ASGI `text/event-stream` response fed by a `FrameSource`.
+
+A lean writer rather than sse-starlette's per-connection machinery (a task group, a ping
+task and a shutdown watcher per stream): frames arrive pre-encoded from the hub, pings
+and lifetimes come from one shared sweep (`app/keepalive.py`), so a stream costs one
+task (this one) plus a disconnect listener. Deliberate choices:
+- the first bytes are `retry: 2000` and a comment, so headers and `open` go out at once;
+- every send has `PROGRESS_SEND_TIMEOUT`: a client that reads nothing is dropped (uvicorn
+  then closes its socket and logs that the response was not completed);
+- `http.disconnect` is watched from the start, so a gone client frees its subscription
+  at once, not at the next event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from starlette.types import Receive, Scope, Send
+
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RETRY_MS = 2000
+PING = b": ping\n\n"
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"connection", b"keep-alive"),
+]
+
+
+class FrameSource(Protocol):
+    """Where a stream's bytes come from; `None` ends the response."""
+
+    async def next_frame(self) -> bytes | None: ...
+
+    def disconnected(self) -> None: ...
+
+
+class EventStreamResponse:
+    """Writes `first`, then the source's frames, until it ends or the client leaves."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        first: bytes,
+        send_timeout: float,
+        metrics: Metrics,
+        on_close: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.source = source
+        self.first = b"retry: %d\n: stream\n\n" % RETRY_MS + first
+        self.send_timeout = send_timeout
+        self.metrics = metrics
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = asyncio.create_task(self._listen_for_disconnect(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await self._send(send, self.first)
+            while (frame := await self.source.next_frame()) is not None:
+                await self._send(send, frame)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            self.metrics.slow_clients_dropped.inc()
+            log.info("dropped a stream whose client read nothing for %ss", self.send_timeout)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await self.on_close()
+
+    async def _send(self, send: Send, body: bytes) -> None:
+        async with asyncio.timeout(self.send_timeout):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _listen_for_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.source.disconnected()

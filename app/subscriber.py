@@ -1,0 +1,144 @@
+"""One client's end of the hub: a bounded queue of frames for the jobs it watches.
+
+The hub offers every live event to each subscriber of the job; the stream writer takes
+them out in order. Owned by `app/hub.py`, read by `app/stream.py`.
+
+Rules kept here (SPEC.md, "The event stream"):
+- per job, a frame is queued only if its `seq` is past the last one queued (no repeats);
+- while a job is being replayed (`hold`), live events wait, then follow the replay;
+- when the queue is full, a `progress` event replaces the job's queued `progress`
+  (latest wins); any other event is queued past the bound (never dropped), so the queue
+  overshoots by at most the handful of status changes a job can have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from workers.event import ProgressEvent
+from workers.status import Status
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event and its SSE frame (`id: <seq>\\ndata: <json>\\n\\n`), built once."""
+
+    event: ProgressEvent
+    frame: bytes
+
+
+def frame_of(event: ProgressEvent) -> Delivery:
+    return Delivery(event, b"id: %d\ndata: %s\n\n" % (event.seq, event.raw))
+
+
+class Subscriber:
+    """A client's queue, its last seq per job and why it ended (if it did)."""
+
+    def __init__(
+        self,
+        job_ids: Sequence[str],
+        *,
+        capacity: int,
+        lifetime: float,
+        client: str = "",
+    ) -> None:
+        self.job_ids = tuple(job_ids)
+        self.client = client
+        self.capacity = capacity
+        self.last_seq: dict[str, int] = dict.fromkeys(job_ids, 0)
+        self.last_attempt: dict[str, int] = dict.fromkeys(job_ids, 1)
+        self.finished: set[str] = set()  # jobs whose terminal event is queued
+        self.coalesced = 0
+        self.closed: str | None = None  # why the stream ends early: shutdown, lifetime...
+        self.ping_due = False
+        self.wrote = True  # a frame went out since the last keep-alive sweep
+        # A jittered lifetime, so a deploy does not make every client resume at once.
+        self.deadline = time.monotonic() + lifetime * (1 - 0.2 * random.random())
+        self._queue: deque[Delivery] = deque()
+        self._held: dict[str, list[Delivery]] = {}
+        self._wake = asyncio.Event()
+
+    @property
+    def all_finished(self) -> bool:
+        return len(self.finished) == len(self.job_ids)
+
+    def hold(self, job_id: str) -> None:
+        """Keep live events of the job aside until `release` (a replay is on its way)."""
+        self._held.setdefault(job_id, [])
+
+    def is_held(self, job_id: str) -> bool:
+        return job_id in self._held
+
+    def release(self, job_id: str, replay: Iterable[Delivery]) -> None:
+        """Queue the replay, then the live events that came meanwhile (deduplicated)."""
+        held = self._held.pop(job_id, [])
+        for delivery in replay:
+            self._push(delivery)
+        for delivery in held:
+            self._push(delivery)
+
+    def offer(self, delivery: Delivery) -> None:
+        held = self._held.get(delivery.event.job_id)
+        if held is not None:
+            held.append(delivery)
+        else:
+            self._push(delivery)
+
+    def _push(self, delivery: Delivery) -> None:
+        event = delivery.event
+        job_id = event.job_id
+        if job_id in self.finished or event.seq <= self.last_seq.get(job_id, event.seq):
+            return
+        self.last_seq[job_id] = event.seq
+        self.last_attempt[job_id] = event.attempt
+        if event.is_terminal:
+            self.finished.add(job_id)
+        elif len(self._queue) >= self.capacity and self._coalesce(delivery):
+            return
+        self._queue.append(delivery)
+        self._wake.set()
+
+    def _coalesce(self, delivery: Delivery) -> bool:
+        """Replace the job's last queued event with this one if both are `progress`."""
+        if delivery.event.status is not Status.PROGRESS:
+            return False
+        for index in range(len(self._queue) - 1, -1, -1):
+            queued = self._queue[index].event
+            if queued.job_id == delivery.event.job_id:
+                if queued.status is not Status.PROGRESS:
+                    return False
+                self._queue[index] = delivery
+                self.coalesced += 1
+                return True
+        return False
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._wake.set()
+
+    def request_ping(self) -> None:
+        self.ping_due = True
+        self._wake.set()
+
+    @property
+    def ended(self) -> bool:
+        """Closed early, or every job's terminal event has been taken out."""
+        return self.closed is not None or (self.all_finished and not self._queue)
+
+    async def next(self) -> Delivery | None:
+        """The next frame to send; None when a ping is due or the stream must end."""
+        while True:
+            if self.closed is not None:
+                return None  # the client resumes with its last event id
+            if self._queue:
+                return self._queue.popleft()
+            if self.ping_due or self.all_finished:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
