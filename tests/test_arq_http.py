@@ -1,0 +1,73 @@
+"""ARQ jobs through the HTTP API and the SSE stream, exactly as Celery's: a real uvicorn,
+the real `ArqRunner` and the project's real ARQ worker process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.arq_support import ArqWorker, run_worker, worker_settings
+from tests.server_support import ServerThread, read_all, running_server
+from workers.arq_runner import ArqRunner
+from workers.redis_server import RedisServer
+from workers.settings import Settings
+
+pytestmark = pytest.mark.worker
+
+
+@pytest.fixture(scope="module")
+def http_settings(redis_server: RedisServer) -> Settings:
+    return worker_settings(redis_server)
+
+
+@pytest.fixture(scope="module")
+def demo_worker(http_settings: Settings) -> Iterator[ArqWorker]:
+    yield from run_worker(http_settings, "workers.arq_worker.WorkerSettings")
+
+
+@pytest.fixture
+def server(http_settings: Settings, demo_worker: ArqWorker) -> Iterator[ServerThread]:
+    with running_server(http_settings, {"arq": ArqRunner(http_settings)}) as server:
+        yield server
+
+
+async def test_a_demo_report_on_arq_streams_and_downloads(server: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        body = {"task": "demo.report", "params": {"steps": 3, "step_ms": 10}, "runner": "arq"}
+        created = await client.post("/api/v1/jobs", json=body)
+        assert created.status_code == 202, created.text
+        job = created.json()
+        stream = await read_all(client, job["events_url"])
+        events = [json.loads(e.data) for e in stream.events]
+        assert events[-1]["status"] == "success" and stream.ended
+        assert [int(e.id or 0) for e in stream.events] == [e["seq"] for e in events]
+        status = (await client.get(job["status_url"])).json()
+        assert (status["status"], status["result"]["filename"]) == (
+            "success",
+            f"report-{job['job_id']}.csv",
+        )
+        result = await client.get(job["result_url"])
+        assert result.status_code == 200
+        assert result.headers["content-type"].startswith("text/csv")
+        assert f"report-{job['job_id']}.csv" in result.headers["content-disposition"]
+        assert result.content.startswith(b"page,region,units,revenue")
+
+
+async def test_delete_revokes_a_running_arq_job_once(server: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        body = {"task": "demo.report", "params": {"steps": 1000, "step_ms": 50}, "runner": "arq"}
+        job = (await client.post("/api/v1/jobs", json=body)).json()
+        async with client.stream("GET", job["events_url"]) as response:
+            async for line in response.aiter_lines():
+                if '"status":"progress"' in line:
+                    break
+        cancelled = await client.delete(job["status_url"])
+        assert cancelled.status_code == 202, cancelled.text
+        again = await client.delete(job["status_url"])
+        assert again.status_code == 409
+        stream = await read_all(client, job["events_url"], last_event_id="0")
+        statuses = [json.loads(e.data)["status"] for e in stream.events]
+        assert statuses.count("revoked") == 1 and statuses[-1] == "revoked"
