@@ -1,11 +1,15 @@
 # The two commands of the README: `make run` (the demo) and `make test` (the checks).
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first Python >= 3.11 that actually runs (a pyenv shim may exist without its version).
+PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; \
+	done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: run test lint bench install
 
 $(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: Python 3.11 or newer is needed" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
