@@ -222,10 +222,19 @@ function clearFinished() {
   save();
 }
 
+/** Job parameters: the defaults, or the page URL's `?steps=&step_ms=&fail_at=` (quicker
+ * jobs for tests, slower ones for a live demo; the server validates them). */
+function param(name, fallback) {
+  const value = Number.parseInt(new URLSearchParams(location.search).get(name), 10);
+  return Number.isInteger(value) ? value : fallback;
+}
+
 function init() {
-  $("#start-report").addEventListener("click", () => start("demo.report", { steps: 20, step_ms: 200 }));
-  $("#start-fail").addEventListener("click", () => start("demo.fail", { fail_at: 50, step_ms: 200 }));
-  $("#start-ten").addEventListener("click", () => start("demo.report", { steps: 20, step_ms: 200 }, 10));
+  const report = () => ({ steps: param("steps", 20), step_ms: param("step_ms", 200) });
+  const failing = () => ({ fail_at: param("fail_at", 50), step_ms: param("step_ms", 200) });
+  $("#start-report").addEventListener("click", () => start("demo.report", report()));
+  $("#start-fail").addEventListener("click", () => start("demo.fail", failing()));
+  $("#start-ten").addEventListener("click", () => start("demo.report", report(), 10));
   $("#clear").addEventListener("click", clearFinished);
   $("#alert .dismiss").addEventListener("click", () => { $("#alert").hidden = true; });
   const key = $("#api-key");
