@@ -91,7 +91,38 @@ async def job_status(request: Request) -> Response:
     services = services_of(request)
     job_id = job_id_of(request)
     authorize(request, services, job_id)
-    return JSONResponse(status_body(await _snapshot(services, job_id)))
+    event = await services.reader.snapshot(services.keyspace.job(job_id))
+    if event is not None:
+        return JSONResponse(status_body(event))
+    body = await _queue_status(services, job_id)
+    if body is None:
+        raise ApiError(404, "not_found", "no such job")
+    return JSONResponse(body)
+
+
+async def _queue_status(services: Services, job_id: str) -> dict[str, Any] | None:
+    """A job only its queue knows (ARQ, enqueued without `publish_pending`), or None."""
+    for runner in services.runners.values():
+        lookup = getattr(runner, "aqueue_status", None)
+        if lookup is None:
+            continue
+        try:
+            known = await lookup(job_id)
+        except Exception:
+            log.warning("could not ask a runner's queue about job %s", job_id, exc_info=True)
+            continue
+        if known is not None:
+            error = None if known.error is None else known.error.as_dict()
+            return {
+                "job_id": job_id,
+                "status": known.status.value,
+                "attempt": 1,
+                "progress": None,
+                "result": known.result,
+                "error": error,
+                "seq": 0,
+            }
+    return None
 
 
 def status_body(event: ProgressEvent) -> dict[str, Any]:

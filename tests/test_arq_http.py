@@ -71,3 +71,51 @@ async def test_delete_revokes_a_running_arq_job_once(server: ServerThread) -> No
         stream = await read_all(client, job["events_url"], last_event_id="0")
         statuses = [json.loads(e.data)["status"] for e in stream.events]
         assert statuses.count("revoked") == 1 and statuses[-1] == "revoked"
+
+
+async def test_status_falls_back_to_arq_for_jobs_we_never_saw(
+    http_settings: Settings, server: ServerThread
+) -> None:
+    """404 only when neither we nor ARQ know the job (ARQ jobs enqueued without pending)."""
+    from arq.connections import RedisSettings, create_pool
+
+    from workers.arq_settings import queue_name_of
+
+    pool = await create_pool(RedisSettings.from_dsn(http_settings.redis_url))
+    try:
+        queued = await pool.enqueue_job(
+            "demo.report", _job_id="foreignjob1", _queue_name=queue_name_of(http_settings) + "x"
+        )
+        assert queued is not None
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+            unknown = await client.get("/api/v1/jobs/neverheardof")
+            assert unknown.status_code == 404
+            assert unknown.json()["error"]["code"] == "not_found"
+            # Queued on another queue name, so ARQ reports it not found from ours: 404.
+            other = await client.get("/api/v1/jobs/foreignjob1")
+            assert other.status_code == 404
+        queued = await pool.enqueue_job(
+            "demo.report",
+            _job_id="foreignjob2",
+            _queue_name=queue_name_of(http_settings),
+            _defer_by=3600,
+            steps=1,
+        )
+        assert queued is not None
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+            known = await client.get("/api/v1/jobs/foreignjob2")
+            assert known.status_code == 200, known.text
+            assert known.json() == {
+                "job_id": "foreignjob2",
+                "status": "pending",
+                "attempt": 1,
+                "progress": None,
+                "result": None,
+                "error": None,
+                "seq": 0,
+            }
+    finally:
+        await pool.delete("arq:job:foreignjob1", "arq:job:foreignjob2")
+        await pool.zrem(queue_name_of(http_settings), "foreignjob2")
+        await pool.zrem(queue_name_of(http_settings) + "x", "foreignjob1")
+        await pool.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -38,6 +39,23 @@ ARQ_STATUSES: dict[JobStatus, Status | None] = {
     JobStatus.complete: None,
     JobStatus.not_found: None,
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatus:
+    """ARQ's record of a job, in our terms (for the status endpoint's fallback)."""
+
+    status: Status
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+def _json_or_none(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return value
 
 
 class EnqueueRefused(RuntimeError):
@@ -90,6 +108,27 @@ class ArqRunner:
         """ARQ's own status of the job (for a job we have no snapshot of)."""
         pool = await self._shared_pool()
         return await Job(job_id, pool, _queue_name=self.queue_name).status()
+
+    async def aqueue_status(self, job_id: str) -> QueueStatus | None:
+        """A job ARQ knows but we hold no snapshot of (enqueued without `publish_pending`).
+
+        None when ARQ does not know it either: only then does the status endpoint say 404.
+        """
+        pool = await self._shared_pool()
+        job = Job(job_id, pool, _queue_name=self.queue_name)
+        arq_status = await job.status()
+        mapped = ARQ_STATUSES[arq_status]
+        if mapped is not None:
+            return QueueStatus(status=mapped)
+        if arq_status is not JobStatus.complete:
+            return None
+        info = await job.result_info()
+        if info is None:
+            return None
+        if info.success:
+            return QueueStatus(status=Status.SUCCESS, result=_json_or_none(info.result))
+        error = ErrorInfo(type=type(info.result).__name__, message=str(info.result)[:500])
+        return QueueStatus(status=Status.FAILURE, error=error)
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
