@@ -62,6 +62,13 @@ class EventStreamResponse:
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "HEAD":  # the headers a GET would get; no stream held open
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                await self.on_close()
+            return
         listener = asyncio.create_task(self._listen_for_disconnect(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})

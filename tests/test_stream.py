@@ -166,6 +166,18 @@ async def test_a_disconnect_releases_the_subscription(
     assert sync_redis.pubsub_numpat() == 0
 
 
+async def test_head_answers_the_headers_and_holds_nothing_open(
+    server: ServerThread, pub: Publisher, sync_redis: redis.Redis, keyspace: KeySpace
+) -> None:
+    job = new_job(pub, Status.STARTED)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.head(f"/api/v1/jobs/{job}/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    await eventually(lambda: server.services.limiter.open == 0)
+    await eventually(lambda: numsub(sync_redis, keyspace, job) == 0)
+
+
 async def test_quiet_streams_get_pings_and_end_after_their_lifetime(
     settings: Settings, pub: Publisher
 ) -> None:
