@@ -129,6 +129,9 @@ async def run_services(services: Services) -> AsyncIterator[None]:
         await services.hub.close()
         await services.redis.aclose()
         for runner in services.runners.values():
+            aclose = getattr(runner, "aclose", None)  # what it opened on this loop
+            if callable(aclose):
+                await aclose()
             close = getattr(runner, "close", None)
             if callable(close):
                 await anyio.to_thread.run_sync(close)
