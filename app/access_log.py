@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
-_SECRET_PARAM = re.compile(r"([?&](?:token|access_token)=)[^&\s\"]*", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"([?&])([^=&\s\"#]*)=([^&\s\"#]*)")
+_SECRET_NAMES = frozenset({"token", "access_token"})
 
 
 def redact(text: str) -> str:
-    return _SECRET_PARAM.sub(r"\1REDACTED", text)
+    """Every `token=` value, whatever the spelling: Starlette decodes `%74oken` as `token`."""
+
+    def hide(match: re.Match[str]) -> str:
+        if unquote_plus(match[2]).strip().lower() in _SECRET_NAMES:
+            return f"{match[1]}{match[2]}=REDACTED"
+        return match[0]
+
+    return _QUERY_PARAM.sub(hide, text)
 
 
 class RedactTokens(logging.Filter):

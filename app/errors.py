@@ -1,7 +1,8 @@
 """Every error answer as SPEC.md's JSON: `{"error": {"code": ..., "message": ...}}`.
 
-Routes raise `ApiError`; the handlers here also turn Starlette's own 404/405 and any
-unhandled exception (500 `internal`, no traceback in the body) into the same shape.
+Routes raise `ApiError`; the handlers here also turn Starlette's own 404/405, a Redis
+failure (503 `not_ready`) and any unhandled exception (500 `internal`, no traceback in
+the body) into the same shape.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,10 +61,21 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), headers)
 
 
+async def redis_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis down, stopped or timing out: a retryable 503, not an `internal` 500."""
+    log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "not_ready", "Redis is unavailable", {"Retry-After": "2"})
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     headers = {"Referrer-Policy": "no-referrer"}  # outside the middleware that adds it
     return error_response(500, "internal", "internal server error", headers)
 
 
-EXCEPTION_HANDLERS = {ApiError: api_error, HTTPException: http_error, Exception: internal_error}
+EXCEPTION_HANDLERS = {
+    ApiError: api_error,
+    HTTPException: http_error,
+    RedisError: redis_unavailable,
+    Exception: internal_error,
+}

@@ -75,8 +75,13 @@ class SubscriptionHub:
         self.keyspace = KeySpace(settings.key_prefix)
         self.reader = reader
         self.metrics = metrics
+        # Reads pass their own timeout; this one bounds the handshake (CLIENT SETNAME) and
+        # writes, so a reconnect over a silently dead path cannot hang for good.
         self._pool: ConnectionPool = ConnectionPool.from_url(
-            settings.redis_url, client_name=client_name, socket_connect_timeout=2.0
+            settings.redis_url,
+            client_name=client_name,
+            socket_connect_timeout=2.0,
+            socket_timeout=HEALTH_SECONDS,
         )
         self._channels: dict[str, _Channel] = {}
         self._acks: defaultdict[str, int] = defaultdict(int)  # SUBSCRIBEs awaiting reply

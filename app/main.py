@@ -43,6 +43,12 @@ from workers.sweeper import LeaseSweeper
 
 log = logging.getLogger(__name__)
 
+# Connections the web process's commands share (the hub has its own). Bounded, so a burst
+# of thousands of stream opens queues for a connection instead of opening thousands of
+# sockets to Redis (its `maxclients`) and keeping them all idle in the pool afterwards.
+REDIS_POOL_SIZE = 64
+REDIS_TIMEOUT = 10.0  # a command, or the wait for a free connection, fails after this
+
 
 def create_app(
     settings: Settings,
@@ -87,9 +93,14 @@ def build_services(
     settings: Settings, catalog: Catalog, runners: Mapping[str, JobRunner]
 ) -> Services:
     metrics = Metrics()
-    client = redis.asyncio.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=2.0,
+        socket_timeout=REDIS_TIMEOUT,
     )
+    client = redis.asyncio.Redis.from_pool(pool)
     reader = JobReader(client)
     hub = SubscriptionHub(
         settings, reader, metrics, client_name=f"progress-hub-{settings.key_prefix}"

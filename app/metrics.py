@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -36,6 +37,9 @@ class Metrics:
         self._watched_jobs = Gauge(
             "progress_watched_jobs", "Job channels subscribed on the shared connection", registry=r
         )
+        # Leak detection: the task count must return to its baseline once streams close.
+        self._tasks = Gauge("progress_asyncio_tasks", "Live asyncio tasks", registry=r)
+        self._tasks.set_function(_task_count)
 
     def track(self, open_streams: Callable[[], int], watched_jobs: Callable[[], int]) -> None:
         self._open_streams.set_function(open_streams)
@@ -43,3 +47,11 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _task_count() -> int:
+    """Tasks of the running loop (0 when scraped outside one, e.g. from a test thread)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
