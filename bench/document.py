@@ -1,0 +1,108 @@
+"""The document: the whole benchmark block (machine, versions, command, every table),
+and writing it into docs/benchmarks.md between its markers, leaving the rest untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from bench.machine import machine_info
+from bench.report import Figures, Runs, fanout_tables, idle_table, summary_table
+from bench.targets import targets_table
+from bench.worker_cost import table as worker_table
+
+BEGIN = "<!-- bench:begin (written by `make bench`; edits inside are overwritten) -->"
+END = "<!-- bench:end -->"
+
+
+def versions() -> str:
+    names = ["starlette", "sse-starlette", "uvicorn", "uvloop", "httptools", "redis", "hiredis"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+METHOD = (
+    "Method (see above): server pinned to core 0; load generators, the publishing harness "
+    "and Redis to core 1; latency from each event's publish time to its read on a timed "
+    "stream (one in ten); server CPU and RSS from /proc."
+)
+
+
+def block(
+    plan: Any,
+    runs: Runs,
+    costs: dict[str, float] | str | None,
+    redis_version: str,
+    nchan: Any,
+    started: float,
+) -> str:
+    fig = Figures(runs, plan.servers)
+    sizes = plan.sizes
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    took = (time.time() - started) / 60
+    latency_label = (
+        f"{sizes.fanout_clients:,} clients, "
+        f"{sizes.latency_rate * sizes.fanout_clients // sizes.fanout_jobs:,} deliveries/s"
+    )
+    parts = [
+        "### Figures",
+        f"Run of {when} ({took:.0f} min), command: `{plan.command}` "
+        f"(`make bench` runs `python -m bench.run`). Every cell is the median of "
+        f"{plan.runs} run(s), with the range across runs in brackets where they differ.",
+        f"Machine: {machine_info().describe()}; load average at the start: {plan.load_at_start}.",
+        f"Versions: {versions()}; {redis_version}"
+        + (f"; {nchan.version}" if nchan is not None else "")
+        + ".",
+        METHOD,
+    ]
+    for name, why in plan.skipped.items():
+        parts.append(f"**Not measured: {name}** ({why}).")
+    if plan.profiles:
+        parts.append("**Profiled run**: py-spy sampled ours during fan-out (costs it a little).")
+    parts += [f"Error: {e}" for e in fig.errors()]
+    if "fanout" in plan.scenarios:
+        parts += ["#### Summary", summary_table(fig, latency_label)]
+    if "fanout" in plan.scenarios and "idle" in plan.scenarios:
+        targets = targets_table(fig, sizes, costs)
+        if targets:
+            parts += ["#### Targets of the issue", targets]
+    if "idle" in plan.scenarios:
+        parts += [
+            f"#### Idle capacity: streams held over {sizes.idle_jobs:,} jobs, "
+            f"one event per job every {sizes.idle_hold:g} s",
+            idle_table(fig, sizes.idle_streams),
+        ]
+    if "fanout" in plan.scenarios:
+        parts += [
+            f"#### Fan-out: {sizes.fanout_clients:,} clients over {sizes.fanout_jobs} jobs, "
+            f"{sizes.step_seconds:g} s per rate",
+            fanout_tables(fig, sizes.fanout_rates, sizes.fanout_clients, sizes.fanout_jobs),
+        ]
+    for number, profile in enumerate(plan.profiles, 1):
+        parts += [f"#### Profile of ours during fan-out, run {number} (py-spy)", profile]
+    if isinstance(costs, dict):
+        parts += ["#### Worker cost (`python -m bench.worker_cost`)", worker_table(costs)]
+    elif isinstance(costs, str):
+        parts += ["#### Worker cost", costs]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_docs(path: Path, block: str) -> None:
+    """Replace what is between the markers (or append a section with them)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{BEGIN}\n{block.strip()}\n{END}"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)

@@ -1,0 +1,180 @@
+"""The three servers under test, each started pinned to the server core on a free port.
+
+- `ours`: the real web app, started from the Procfile's `web:` command (uvicorn with
+  uvloop and httptools), with the stream caps raised for a load from one address;
+- `naive`: `bench.naive_app` under the same uvicorn options;
+- `nchan`: nginx with the nchan module, one worker process (`bench.nchan`).
+
+`RunningServer` reads the server's CPU time and RSS from /proc over its process tree,
+and the Redis connections it holds from its sockets; `stop()` always waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.machine import (
+    SERVER_CORE,
+    connections_to,
+    cpu_seconds,
+    process_tree,
+    rss_bytes,
+    taskset,
+)
+from bench.nchan import Nchan, nginx_command, write_conf
+from workers.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ("ours", "naive", "nchan")
+LABELS = {"ours": "ours", "naive": "naive (sse-starlette, 1 Redis conn/client)", "nchan": "Nchan"}
+ENV_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+class ServerFailed(RuntimeError):
+    """A server did not come up, with the tail of its log."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backend:
+    """What every server needs to know: where Redis is and the key prefix of the run."""
+
+    redis_url: str
+    redis_port: int
+    key_prefix: str
+    open_files: int
+    nchan: Nchan | None
+
+
+class RunningServer:
+    def __init__(
+        self, name: str, port: int, process: subprocess.Popen[bytes], directory: str
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.process = process
+        self.directory = directory
+
+    @property
+    def log(self) -> Path:
+        return Path(self.directory, "server.log")
+
+    def pids(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pids())
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pids())
+
+    def redis_connections(self, redis_port: int) -> int:
+        return connections_to(self.pids(), redis_port)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 1500) -> str:
+        texts = [p.read_text(errors="replace") for p in Path(self.directory).glob("*.log")]
+        return "\n".join(texts)[-chars:]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process.poll() is None:
+            # nginx stops at once on SIGTERM; uvicorn ends its streams gracefully.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def procfile_web_command(env: dict[str, str]) -> list[str]:
+    """The Procfile's `web:` command with `${VAR:-default}` expanded from `env`."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == "web":
+            expanded = ENV_DEFAULT.sub(lambda m: env.get(m.group(1), m.group(2)), command)
+            args = shlex.split(expanded)
+            if args and args[0] == "uvicorn":  # the venv's uvicorn, whatever PATH says
+                args = [sys.executable, "-m", "uvicorn", *args[1:]]
+            return args
+    raise ServerFailed("no web: line in the Procfile")
+
+
+def command_for(
+    name: str, backend: Backend, port: int, directory: str
+) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Later options win with uvicorn's CLI: loopback only, and a backlog for 10,000 clients.
+    overrides = ["--host", "127.0.0.1", "--port", str(port), "--backlog", "4096"]
+    if name == "ours":
+        env.update(
+            REDIS_URL=backend.redis_url,
+            PORT=str(port),
+            PROGRESS_AUTH="none",
+            PROGRESS_KEY_PREFIX=backend.key_prefix,
+            PROGRESS_MAX_STREAMS="20000",
+            PROGRESS_MAX_STREAMS_PER_CLIENT="20000",
+            PROGRESS_SHUTDOWN_SECONDS="2",
+        )
+        return [*procfile_web_command(env), *overrides], env
+    if name == "naive":
+        env.update(BENCH_REDIS_URL=backend.redis_url, BENCH_KEY_PREFIX=backend.key_prefix)
+        args = [sys.executable, "-m", "uvicorn", "bench.naive_app:create_app_from_env"]
+        args += ["--factory", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+        return [*args, *overrides], env
+    if name == "nchan":
+        assert backend.nchan is not None
+        conf = write_conf(backend.nchan, directory, port, backend.open_files)
+        return nginx_command(backend.nchan, directory, conf), env
+    raise ValueError(f"unknown server {name!r}")
+
+
+def start_server(name: str, backend: Backend, timeout: float = 30.0) -> RunningServer:
+    """Start `name` pinned to the server core and wait until it accepts connections."""
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix=f"bench-{name}-")
+    args, env = command_for(name, backend, port, directory)
+    with open(Path(directory, "server.log"), "wb") as log:
+        process = subprocess.Popen(
+            [*taskset(SERVER_CORE), *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = RunningServer(name, port, process, directory)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            tail = server.log_tail()
+            server.stop()
+            raise ServerFailed(f"{name} exited at start:\n{tail}")
+        if _accepts(port):
+            return server
+        time.sleep(0.05)
+    tail = server.log_tail()
+    server.stop()
+    raise ServerFailed(f"{name} did not accept connections within {timeout:.0f} s:\n{tail}")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
