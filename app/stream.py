@@ -35,6 +35,9 @@ HEADERS = [
 ]
 
 
+RAW_SEND = "progress.raw_send"  # the scope key of the server's own `send`
+
+
 class FrameSource(Protocol):
     """Where a stream's bytes come from; `None` ends the response."""
 
@@ -72,6 +75,7 @@ class EventStreamResponse:
         listener = asyncio.create_task(self._listen_for_disconnect(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            send = scope.get(RAW_SEND, send)  # frames skip the middleware (app/main.py)
             await self._send(send, self.first)
             while (frame := await self.source.next_frame()) is not None:
                 await self._send(send, frame)

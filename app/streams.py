@@ -150,10 +150,10 @@ class JobFrames:
         self.sub = sub
 
     async def next_frame(self) -> bytes | None:
-        delivery = await self.sub.next()
+        batch = await self.sub.next()
         self.sub.wrote = True
-        if delivery is not None:
-            return delivery.frame
+        if batch:
+            return batch[0].frame if len(batch) == 1 else b"".join(d.frame for d in batch)
         if self.sub.ended:
             return None
         self.sub.ping_due = False
@@ -171,13 +171,16 @@ class WatchFrames(JobFrames):
         self.sent = {job_id: a or 0 for job_id, a in zip(sub.job_ids, after, strict=True)}
 
     async def next_frame(self) -> bytes | None:
-        delivery = await self.sub.next()
+        batch = await self.sub.next()
         self.sub.wrote = True
-        if delivery is None:
+        if not batch:
             if self.sub.ended:
                 return None
             self.sub.ping_due = False
             return PING
+        return b"".join(self._frame(delivery) for delivery in batch)
+
+    def _frame(self, delivery: Delivery) -> bytes:
         event = delivery.event
         self.sent[event.job_id] = event.seq
         cursor = ".".join(str(self.sent[job_id]) for job_id in self.sub.job_ids)

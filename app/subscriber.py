@@ -131,13 +131,17 @@ class Subscriber:
         """Closed early, or every job's terminal event has been taken out."""
         return self.closed is not None or (self.all_finished and not self._queue)
 
-    async def next(self) -> Delivery | None:
-        """The next frame to send; None when a ping is due or the stream must end."""
+    async def next(self) -> list[Delivery] | None:
+        """Every queued frame, in order (one write for all of them); None when a ping is
+        due or the stream must end. Taking the whole queue at once means a client that
+        fell behind catches up in one write instead of one write per event."""
         while True:
             if self.closed is not None:
                 return None  # the client resumes with its last event id
             if self._queue:
-                return self._queue.popleft()
+                batch = list(self._queue)
+                self._queue.clear()
+                return batch
             if self.ping_due or self.all_finished:
                 return None
             self._wake.clear()

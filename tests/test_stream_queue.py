@@ -24,8 +24,8 @@ def delivery(seq: int, status: Status = Status.PROGRESS, job: str = JOB) -> Deli
 
 async def drain(sub: Subscriber) -> list[int]:
     out = []
-    while (d := await sub.next()) is not None:
-        out.append(d.event.seq)
+    while (batch := await sub.next()) is not None:
+        out.extend(d.event.seq for d in batch)
     return out
 
 
@@ -51,16 +51,26 @@ async def test_repeats_are_dropped_and_a_replay_goes_before_held_live_events() -
     assert await drain(sub) == [2, 3, 4, 5, 6]
 
 
+async def test_frames_queued_meanwhile_go_out_together_in_order() -> None:
+    sub = Subscriber([JOB], capacity=10, lifetime=60)
+    for seq in range(1, 6):
+        sub.offer(delivery(seq))
+    batch = await sub.next()
+    assert batch is not None and [d.event.seq for d in batch] == [1, 2, 3, 4, 5]
+
+
 async def test_a_watch_ends_when_every_job_did() -> None:
     sub = Subscriber([JOB, "job2"], capacity=10, lifetime=60)
     sub.offer(delivery(1, Status.SUCCESS))
     sub.offer(delivery(3, Status.FAILURE, job="other"))  # not watched
     first = await sub.next()
-    assert first is not None and first.event.seq == 1
+    assert first is not None and [d.event.seq for d in first] == [1]
     assert not sub.ended
     sub.offer(state_lost("job2", 7, 2))
-    final = await sub.next()
-    assert final is not None and final.event.seq == 8 and final.event.attempt == 2
+    batch = await sub.next()
+    assert batch is not None and len(batch) == 1
+    final = batch[0]
+    assert final.event.seq == 8 and final.event.attempt == 2
     assert final.event.error is not None and final.event.error.type == "StateLost"
     assert sub.ended
 
