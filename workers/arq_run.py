@@ -18,7 +18,7 @@ from workers.event import (
     EventDraft,
     EventNotSerializable,
     EventTooLarge,
-    check_fields,
+    check_report,
 )
 from workers.files import check_file
 from workers.publisher import AsyncPublisher, PublishOutcome
@@ -69,17 +69,7 @@ class JobRun:
         message: str | None = None,
     ) -> None:
         """Report progress; throttled, so call it as often as you like. Bad values raise."""
-        check_fields(
-            EventDraft(
-                job_id=self.job_id,
-                status=Status.PROGRESS,
-                step=step,
-                percent=percent,
-                current=current,
-                total=total,
-                message=message,
-            )
-        )
+        check_report(step, percent, current, total, message)
         await self._throttle.report(step, percent, current, total, message)
 
     async def attach_file(

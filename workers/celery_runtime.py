@@ -8,13 +8,12 @@ rebuilt after a fork (a prefork pool child never shares its parent's connections
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 
 import redis
 
-from workers.event import EventDraft
+from workers.event import EventDraft, check_report
 from workers.lease import LeaseHeartbeat
 from workers.publisher import Publisher, PublishOutcome
 from workers.settings import Settings
@@ -153,25 +152,6 @@ class RunningAttempt:
             return
         if not outcome.accepted:
             log.debug("job %s: progress refused (%s)", self.job_id, outcome.reason)
-
-
-def check_report(
-    step: object, percent: object, current: object, total: object, message: object
-) -> None:
-    """`workers.event.check_fields` for one report, without building a draft (hot path)."""
-    if percent is not None and not (
-        isinstance(percent, int | float)
-        and not isinstance(percent, bool)
-        and math.isfinite(percent)
-        and 0 <= percent <= 100
-    ):
-        raise ValueError(f"percent must be a number in 0..100 or None, not {percent!r}")
-    for name, count in (("current", current), ("total", total)):
-        if count is not None and (type(count) is not int or count < 0):
-            raise ValueError(f"{name} must be an int >= 0 or None, not {count!r}")
-    for name, text in (("step", step), ("message", message)):
-        if text is not None and not isinstance(text, str):
-            raise ValueError(f"{name} must be a string or None, not {type(text).__name__}")
 
 
 runtime = WorkerRuntime()

@@ -99,16 +99,22 @@ def check_fields(draft: EventDraft) -> None:
         raise ValueError(f"invalid job id {draft.job_id!r}")
     if draft.attempt is not None and (type(draft.attempt) is not int or draft.attempt < 1):
         raise ValueError(f"attempt must be an int >= 1, not {draft.attempt!r}")
-    if draft.percent is not None and not _is_percent(draft.percent):
-        raise ValueError(f"percent must be a number in 0..100 or None, not {draft.percent!r}")
-    for name in ("current", "total"):
-        value = getattr(draft, name)
-        if value is not None and (type(value) is not int or value < 0):
-            raise ValueError(f"{name} must be an int >= 0 or None, not {value!r}")
-    for name in ("step", "message"):
-        value = getattr(draft, name)
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"{name} must be a string or None, not {type(value).__name__}")
+    check_report(draft.step, draft.percent, draft.current, draft.total, draft.message)
+
+
+def check_report(
+    step: object, percent: object, current: object, total: object, message: object
+) -> None:
+    """The progress fields' rules, without building a draft: the Celery and ARQ helpers
+    call it on every report, before the throttle, so a bad value raises in the task."""
+    if percent is not None and not _is_percent(percent):
+        raise ValueError(f"percent must be a number in 0..100 or None, not {percent!r}")
+    for name, count in (("current", current), ("total", total)):
+        if count is not None and (type(count) is not int or count < 0):
+            raise ValueError(f"{name} must be an int >= 0 or None, not {count!r}")
+    for name, text in (("step", step), ("message", message)):
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"{name} must be a string or None, not {type(text).__name__}")
 
 
 def _is_percent(value: object) -> bool:
