@@ -5,8 +5,11 @@ task and a shutdown watcher per stream): frames arrive pre-encoded from the hub,
 and lifetimes come from one shared sweep (`app/keepalive.py`), so a stream costs one
 task (this one) plus a disconnect listener. Deliberate choices:
 - the first bytes are `retry: 2000` and a comment, so headers and `open` go out at once;
-- every send has `PROGRESS_SEND_TIMEOUT`: a client that reads nothing is dropped (uvicorn
-  then closes its socket and logs that the response was not completed);
+- once they are out, frames are written straight to the socket by the hub's fan-out
+  while the client keeps up (`app/direct_write.py`); this task sends only what had to be
+  queued (the replay, a backlog behind a slow client) and ends the response;
+- every send of this task has `PROGRESS_SEND_TIMEOUT`: a client that reads nothing is
+  dropped (uvicorn then closes its socket and logs that the response was not completed);
 - `http.disconnect` is watched from the start, so a gone client frees its subscription
   at once, not at the next event.
 """
@@ -21,12 +24,13 @@ from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from app.direct_write import DirectWriter
 from app.metrics import Metrics
+from app.subscriber import Sink
 
 log = logging.getLogger(__name__)
 
 RETRY_MS = 2000
-PING = b": ping\n\n"
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -35,13 +39,17 @@ HEADERS = [
 ]
 
 
-RAW_SEND = "progress.raw_send"  # the scope key of the server's own `send`
+# The scope key where ProgressApp (app/main.py) takes a started stream to run it itself.
+PARKED = "progress.parked_stream"
 
 
 class FrameSource(Protocol):
     """Where a stream's bytes come from; `None` ends the response."""
 
     async def next_frame(self) -> bytes | None: ...
+
+    def attach(self, sink: Sink) -> None:
+        """From now on, frames may be written straight to the client (app/direct_write.py)."""
 
     def disconnected(self) -> None: ...
 
@@ -72,11 +80,23 @@ class EventStreamResponse:
             finally:
                 await self.on_close()
             return
+        try:  # through the middleware: Referrer-Policy, CORS
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        except BaseException:
+            await self.on_close()
+            raise
+        if PARKED in scope:  # under ProgressApp, the rest runs from the top (app/main.py)
+            scope[PARKED] = self
+            return
+        await self.run(receive, send)
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        """The body, from the first bytes to the end; frees what the stream holds."""
         listener = asyncio.create_task(self._listen_for_disconnect(receive))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            send = scope.get(RAW_SEND, send)  # frames skip the middleware (app/main.py)
             await self._send(send, self.first)
+            if (writer := DirectWriter.of(send)) is not None:
+                self.source.attach(writer)
             while (frame := await self.source.next_frame()) is not None:
                 await self._send(send, frame)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -88,6 +108,10 @@ class EventStreamResponse:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await self.on_close()
+
+    async def abandon(self) -> None:
+        """Free what the stream holds when it will never `run` (the app failed after)."""
+        await self.on_close()
 
     async def _send(self, send: Send, body: bytes) -> None:
         async with asyncio.timeout(self.send_timeout):

@@ -9,7 +9,6 @@ meanwhile wait behind the replay and `seq` drops the overlap. `app/job_events.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -17,8 +16,8 @@ from redis.exceptions import RedisError
 from app.errors import ApiError
 from app.hub import HubUnavailable, state_lost
 from app.services import Services
-from app.stream import PING, EventStreamResponse
-from app.subscriber import Delivery, Subscriber, frame_of
+from app.stream import EventStreamResponse
+from app.subscriber import PING, Delivery, Sink, Subscriber, frame_of
 from workers.history import CatchUp
 
 MAX_ID_DIGITS = 16
@@ -62,6 +61,7 @@ async def open_stream(services: Services, req: StreamRequest) -> EventStreamResp
         capacity=settings.client_queue,
         lifetime=settings.max_stream_seconds,
         client=req.client,
+        cursor=req.after if req.watch else None,
     )
     try:
         await _subscribe_and_replay(services, req, sub)
@@ -70,7 +70,7 @@ async def open_stream(services: Services, req: StreamRequest) -> EventStreamResp
         raise
     if services.keepalive.draining:
         sub.close("shutdown")
-    source = WatchFrames(sub, req.after) if req.watch else JobFrames(sub)
+    source = SubscriberFrames(sub)
 
     async def on_close() -> None:
         await _close(services, sub)
@@ -143,45 +143,27 @@ async def _close(services: Services, sub: Subscriber) -> None:
     services.limiter.release(sub.client)
 
 
-class JobFrames:
-    """A single job's frames: `id:` is the seq, as the hub built them."""
+class SubscriberFrames:
+    """A subscriber's queued frames, as the stream writer takes them (app/stream.py)."""
 
     def __init__(self, sub: Subscriber) -> None:
         self.sub = sub
 
+    def attach(self, sink: Sink) -> None:
+        self.sub.sink = sink
+
     async def next_frame(self) -> bytes | None:
-        batch = await self.sub.next()
-        self.sub.wrote = True
+        sub = self.sub
+        batch = await sub.next()
+        sub.wrote = True
         if batch:
-            return batch[0].frame if len(batch) == 1 else b"".join(d.frame for d in batch)
-        if self.sub.ended:
+            if len(batch) == 1:
+                return sub.frame(batch[0])
+            return b"".join([sub.frame(delivery) for delivery in batch])
+        if sub.ended:
             return None
-        self.sub.ping_due = False
+        sub.ping_due = False
         return PING
 
     def disconnected(self) -> None:
         self.sub.close("disconnect")
-
-
-class WatchFrames(JobFrames):
-    """Many jobs' frames: `id:` is the cursor of the last seq sent per job (`12.0.7`)."""
-
-    def __init__(self, sub: Subscriber, after: Sequence[int | None]) -> None:
-        super().__init__(sub)
-        self.sent = {job_id: a or 0 for job_id, a in zip(sub.job_ids, after, strict=True)}
-
-    async def next_frame(self) -> bytes | None:
-        batch = await self.sub.next()
-        self.sub.wrote = True
-        if not batch:
-            if self.sub.ended:
-                return None
-            self.sub.ping_due = False
-            return PING
-        return b"".join(self._frame(delivery) for delivery in batch)
-
-    def _frame(self, delivery: Delivery) -> bytes:
-        event = delivery.event
-        self.sent[event.job_id] = event.seq
-        cursor = ".".join(str(self.sent[job_id]) for job_id in self.sub.job_ids)
-        return b"id: %s\ndata: %s\n\n" % (cursor.encode(), event.raw)

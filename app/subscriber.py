@@ -8,7 +8,10 @@ Rules kept here (SPEC.md, "The event stream"):
 - while a job is being replayed (`hold`), live events wait, then follow the replay;
 - when the queue is full, a `progress` event replaces the job's queued `progress`
   (latest wins); any other event is queued past the bound (never dropped), so the queue
-  overshoots by at most the handful of status changes a job can have.
+  overshoots by at most the handful of status changes a job can have;
+- while the client keeps up (its writer parked on an empty queue), a frame is written
+  straight to its socket by the `Sink` (`app/direct_write.py`) instead of queued, so a
+  delivery wakes no task; whatever the sink refuses is queued, behind nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from workers.event import ProgressEvent
 from workers.status import Status
+
+PING = b": ping\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,12 @@ def frame_of(event: ProgressEvent) -> Delivery:
     return Delivery(event, b"id: %d\ndata: %s\n\n" % (event.seq, event.raw))
 
 
+class Sink(Protocol):
+    def write(self, body: bytes) -> bool:
+        """Write now and say True, or write nothing and say False."""
+        ...
+
+
 class Subscriber:
     """A client's queue, its last seq per job and why it ended (if it did)."""
 
@@ -46,6 +57,7 @@ class Subscriber:
         capacity: int,
         lifetime: float,
         client: str = "",
+        cursor: Sequence[int | None] | None = None,
     ) -> None:
         self.job_ids = tuple(job_ids)
         self.client = client
@@ -59,9 +71,21 @@ class Subscriber:
         self.wrote = True  # a frame went out since the last keep-alive sweep
         # A jittered lifetime, so a deploy does not make every client resume at once.
         self.deadline = time.monotonic() + lifetime * (1 - 0.2 * random.random())
-        self._queue: deque[Delivery] = deque()
+        # A watch's `id:` is the cursor of the last seq written per job (`12.0.7`).
+        self.cursor: dict[str, int] | None = None
+        if cursor is not None:
+            self.cursor = {job: seq or 0 for job, seq in zip(self.job_ids, cursor, strict=True)}
+        self.sink: Sink | None = None  # set by the writer once the stream has started
+        # Lean on purpose (10,000 of these per process): a list, not a deque (an empty
+        # deque is 760 bytes), and one future while the writer waits, not an Event.
+        self._queue: list[Delivery] = []
         self._held: dict[str, list[Delivery]] = {}
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the writer, parked on no frames
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the client's task (a backlog: the socket was not writable)."""
+        return len(self._queue)
 
     @property
     def all_finished(self) -> bool:
@@ -100,8 +124,34 @@ class Subscriber:
             self.finished.add(job_id)
         elif len(self._queue) >= self.capacity and self._coalesce(delivery):
             return
+        sink = self._direct_sink()
+        if sink is not None and sink.write(self.frame(delivery)):
+            self.wrote = True
+            if event.is_terminal:
+                self._wake()  # the writer ends the response
+            return
         self._queue.append(delivery)
-        self._wake.set()
+        self._wake()
+
+    def _direct_sink(self) -> Sink | None:
+        """The sink, if the writer is parked on an empty queue (nothing waits to go first)."""
+        if self._waiter is None or self.closed is not None or self._queue:
+            return None
+        return self.sink
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def frame(self, delivery: Delivery) -> bytes:
+        """The bytes for this client: the hub's frame, or for a watch, with the cursor."""
+        if self.cursor is None:
+            return delivery.frame
+        event = delivery.event
+        self.cursor[event.job_id] = event.seq
+        cursor = ".".join([str(self.cursor[job_id]) for job_id in self.job_ids])
+        return b"id: %s\ndata: %s\n\n" % (cursor.encode(), event.raw)
 
     def _coalesce(self, delivery: Delivery) -> bool:
         """Replace the job's last queued event with this one if both are `progress`."""
@@ -120,11 +170,14 @@ class Subscriber:
     def close(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
-        self._wake.set()
+        self._wake()
 
     def request_ping(self) -> None:
+        sink = self._direct_sink()
+        if sink is not None and sink.write(PING):
+            return
         self.ping_due = True
-        self._wake.set()
+        self._wake()
 
     @property
     def ended(self) -> bool:
@@ -139,10 +192,12 @@ class Subscriber:
             if self.closed is not None:
                 return None  # the client resumes with its last event id
             if self._queue:
-                batch = list(self._queue)
-                self._queue.clear()
+                batch, self._queue = self._queue, []
                 return batch
             if self.ping_due or self.all_finished:
                 return None
-            self._wake.clear()
-            await self._wake.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None

@@ -51,7 +51,13 @@ class FakeRunner:
 class ServerThread:
     """uvicorn serving `create_app(settings)` in a thread, on 127.0.0.1:<free port>."""
 
-    def __init__(self, settings: Settings, runners: Mapping[str, JobRunner] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        runners: Mapping[str, JobRunner] | None = None,
+        *,
+        http: str = "httptools",  # the Procfile's; "h11" takes the plain ASGI path
+    ):
         self.app = create_app(settings, runners=runners)
         self.services: Services = self.app.state.services
         self.port = free_port()
@@ -60,6 +66,7 @@ class ServerThread:
             host="127.0.0.1",
             port=self.port,
             lifespan="on",
+            http=http,
             log_level="warning",
             timeout_graceful_shutdown=5,
         )
@@ -94,9 +101,9 @@ class ServerThread:
 
 @contextmanager
 def running_server(
-    settings: Settings, runners: Mapping[str, JobRunner] | None = None
+    settings: Settings, runners: Mapping[str, JobRunner] | None = None, *, http: str = "httptools"
 ) -> Iterator[ServerThread]:
-    server = ServerThread(settings, runners)
+    server = ServerThread(settings, runners, http=http)
     server.start()
     try:
         yield server
