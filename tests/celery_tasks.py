@@ -94,3 +94,18 @@ def unbound() -> str:
     celery_task.progress(step="unbound", percent=50, message="half")
     celery_task.attach_file("u.txt", b"hello", "text/plain")
     return "ok"
+
+
+@app.task(bind=True, name="tests.nested")
+def nested(self: Any, inner_job: str) -> str:
+    """Runs another task in its own thread (eagerly) between two reports of its own."""
+    self.progress(step="outer", percent=10)
+    inner.apply(task_id=inner_job)
+    self.progress(step="outer again", percent=90)
+    return "ok"
+
+
+@app.task(bind=True, name="tests.inner")
+def inner(self: Any) -> str:
+    self.progress(step="inner", percent=50)
+    return "inner"

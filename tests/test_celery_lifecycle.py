@@ -153,5 +153,17 @@ def test_unbound_tasks_use_the_module_level_helpers(worker: Worker) -> None:
     assert stored[b"name"] == b"u.txt" and stored[b"data"] == b"hello"
 
 
+def test_a_task_run_inside_another_reports_to_its_own_job_and_the_outer_one_to_its(
+    worker: Worker,
+) -> None:
+    outer, inner = new_job(), new_job()
+    worker.runner.enqueue(outer, "tests.nested", {"inner_job": inner})
+    assert worker.wait_terminal(outer).result == "ok"
+    assert worker.wait_terminal(inner).result == "inner"
+    steps = {job: [e.step for e in worker.events(job) if e.status == "progress"]
+             for job in (outer, inner)}  # fmt: skip
+    assert steps == {outer: ["outer", "outer again"], inner: ["inner"]}
+
+
 def test_no_signal_handler_raised(worker: Worker) -> None:
     assert "Signal handler" not in worker.log(), worker.log()

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from workers.event import ErrorInfo, EventDraft, MalformedEvent, decode_event, encode_event
+from workers.event import (
+    ErrorInfo,
+    EventDraft,
+    MalformedEvent,
+    check_report,
+    decode_event,
+    encode_event,
+)
 from workers.keys import InvalidJobId, KeySpace
 from workers.status import TRANSITIONS, Status
 
@@ -73,3 +80,48 @@ def test_terminal_statuses_have_no_successor() -> None:
     for status in Status:
         assert (not TRANSITIONS[status]) == status.is_terminal
     assert json.dumps(Status.PROGRESS) == '"progress"'
+
+
+class _Text(str):
+    pass
+
+
+class _Number(float):
+    pass
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"percent": 0, "current": 0, "total": 0},
+        {"percent": 100.0, "step": "s", "message": "m"},
+        {"percent": _Number(42.5), "step": _Text("s")},  # subclasses take the full checks
+    ],
+)
+def test_good_progress_fields_pass(fields: dict[str, object]) -> None:
+    check_report(**{"step": None, "percent": None, "current": None, "total": None,
+                    "message": None, **fields})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"percent": float("nan")},
+        {"percent": float("inf")},
+        {"percent": -0.5},
+        {"percent": 101},
+        {"percent": True},
+        {"percent": "50"},
+        {"current": -1},
+        {"total": True},
+        {"total": 2.0},
+        {"step": 5},
+        {"message": b"bytes"},
+    ],
+)
+def test_bad_progress_fields_raise_a_clear_error(fields: dict[str, object]) -> None:
+    name = next(iter(fields))
+    with pytest.raises(ValueError, match=name):
+        check_report(**{"step": None, "percent": None, "current": None, "total": None,
+                        "message": None, **fields})  # fmt: skip

@@ -13,7 +13,7 @@ import threading
 
 import redis
 
-from workers.event import EventDraft, check_report
+from workers.event import EventDraft
 from workers.lease import LeaseHeartbeat
 from workers.publisher import Publisher, PublishOutcome
 from workers.settings import Settings
@@ -114,18 +114,6 @@ class RunningAttempt:
         self.number = outcome.attempt
         self.heartbeat = LeaseHeartbeat(self.publisher, self.job_id, outcome.attempt).start()
         return outcome
-
-    def progress(
-        self,
-        step: str | None = None,
-        percent: float | None = None,
-        current: int | None = None,
-        total: int | None = None,
-        message: str | None = None,
-    ) -> None:
-        """Report progress through the throttle; bad values raise here, in the task."""
-        check_report(step, percent, current, total, message)
-        self.throttle.report(step, percent, current, total, message)
 
     def flush(self) -> None:
         """Send the coalesced last report before a status change; never fails the job."""

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from time import monotonic  # a global, not an attribute: the hot path reads it per call
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class ProgressThrottle:
         self._send = send
         self._interval = interval_ms / 1000
         self._lock = threading.Lock()
-        self._last_sent = _NEVER
+        self._coalesce_until = _NEVER  # the last send plus the interval
         self._last_step: object = _UNSET
         self._pending: tuple[str | None, float | None, int | None, int | None, str | None] | None
         self._pending = None
@@ -54,8 +55,8 @@ class ProgressThrottle:
         total: int | None = None,
         message: str | None = None,
     ) -> None:
-        now = time.monotonic()
-        if step == self._last_step and now - self._last_sent < self._interval:
+        now = monotonic()
+        if now < self._coalesce_until and step == self._last_step:
             # The hot path takes no lock: under the GIL, storing the tuple is atomic and
             # `_on_timer` clears `_timer` before it takes `_pending`, so a value stored
             # here is either taken by a running timer or starts a new one.
@@ -63,7 +64,7 @@ class ProgressThrottle:
             if self._timer is None:
                 with self._lock:
                     if self._timer is None and self._pending is not None:
-                        self._start_timer(self._last_sent + self._interval - now)
+                        self._start_timer(self._coalesce_until - now)
             if self._deferred_error is not None:
                 self._raise_deferred()
             return
@@ -71,7 +72,7 @@ class ProgressThrottle:
             if self._deferred_error is not None:
                 self._raise_deferred()
             self._pending = None
-            self._last_sent, self._last_step = now, step
+            self._coalesce_until, self._last_step = now + self._interval, step
             self._send(Report(step, percent, current, total, message))
 
     def _raise_deferred(self) -> None:
@@ -94,7 +95,8 @@ class ProgressThrottle:
     def _flush_locked(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
-            self._last_sent, self._last_step = time.monotonic(), pending[0]
+            self._coalesce_until = monotonic() + self._interval
+            self._last_step = pending[0]
             self._send(Report._make(pending))
 
     def _on_timer(self) -> None:
