@@ -1,26 +1,43 @@
-"""Worker-side cost: a throttled progress call, a real publish, a million-report task.
+"""Worker-side cost: a progress call as tasks make it, a real publish, a million reports.
 
     .venv/bin/python -m bench.worker_cost [--calls N] [--publishes N]
 
 Starts its own redis-server (like the tests), so it measures a real round trip on
-loopback. Prints a Markdown table; `bench.run` puts it into docs/benchmarks.md.
+loopback. Progress is measured through the path a task takes: `self.progress(...)` in a
+`ProgressTask` run by Celery (eagerly, in this process, with the same signal handlers a
+worker runs: `started` is published, the attempt and its throttle are set up), and
+`await ctx["progress"](...)` of the ARQ integration. The bare throttle is shown too.
+
+The million-report task interleaves chunks of its loop with and without the report and
+compares the medians of the chunk times: the machines are noisy (two separate runs of the
+same loop differ by up to 20 %), and interleaving makes both sides see the same noise.
+Prints a Markdown table; `bench.run` puts it into docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 import uuid
+from typing import Any
 
 import redis
+import redis.asyncio
 
+from workers.arq_run import JobRun
+from workers.celery_app import create_celery_app
+from workers.celery_runtime import runtime
 from workers.event import EventDraft
-from workers.publisher import Publisher
+from workers.publisher import AsyncPublisher, Publisher
 from workers.redis_server import RedisServer
 from workers.settings import Settings
 from workers.status import Status
-from workers.throttle import ProgressThrottle, Report
+from workers.throttle import ProgressThrottle
+
+CHUNKS = 20  # the million-report task runs as this many interleaved pairs of chunks
+SIZES = (("light", 20), ("heavy", 400))  # busy_work sizes: ~0.3 µs and ~4 µs per item
 
 
 def busy_work(size: int) -> int:
@@ -28,69 +45,104 @@ def busy_work(size: int) -> int:
     return sum(range(size))
 
 
-def time_task(calls: int, size: int, throttle: ProgressThrottle | None) -> float:
-    start = time.perf_counter()
-    for i in range(calls):
-        busy_work(size)
-        if throttle is not None:
-            throttle.report(step="working", percent=i * 100 / calls, current=i, total=calls)
-    return time.perf_counter() - start
-
-
 def measure(calls: int, publishes: int) -> dict[str, float]:
     with RedisServer() as server:
-        client = redis.Redis.from_url(server.url)
         settings = Settings(redis_url=server.url, key_prefix=f"b{uuid.uuid4().hex[:8]}")
-        publisher = Publisher(client, settings)
-        job = uuid.uuid4().hex
-        publisher.publish(EventDraft(job_id=job, status=Status.STARTED))
+        client = redis.Redis.from_url(server.url)
+        try:
+            result = {
+                **publish_cost(Publisher(client, settings), publishes),
+                "throttle_only_us": throttle_cost(calls, settings.throttle_ms),
+                **celery_costs(settings, calls),
+                "arq_progress_us": asyncio.run(arq_cost(settings, calls)),
+                "calls": calls,
+            }
+        finally:
+            client.close()
+            runtime.close()
+    return result
 
-        def send(report: Report) -> None:
-            publisher.publish(
-                EventDraft(
-                    job_id=job,
-                    status=Status.PROGRESS,
-                    step=report.step,
-                    percent=report.percent,
-                    current=report.current,
-                    total=report.total,
-                    message=report.message,
-                )
-            )
 
-        samples = []
-        for _ in range(publishes):
-            t = time.perf_counter()
-            publisher.publish(EventDraft(job_id=job, status=Status.PROGRESS, step="x"))
-            samples.append(time.perf_counter() - t)
+def publish_cost(publisher: Publisher, publishes: int) -> dict[str, float]:
+    job = uuid.uuid4().hex
+    publisher.publish(EventDraft(job_id=job, status=Status.STARTED))
+    samples = []
+    for _ in range(publishes):
+        start = time.perf_counter()
+        publisher.publish(EventDraft(job_id=job, status=Status.PROGRESS, step="x"))
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return {
+        "publish_p50_us": statistics.median(samples) * 1e6,
+        "publish_p99_us": samples[int(len(samples) * 0.99)] * 1e6,
+    }
 
-        throttle = ProgressThrottle(send, interval_ms=settings.throttle_ms)
-        throttle.report(step="working", percent=0)
+
+def throttle_cost(calls: int, interval_ms: int) -> float:
+    throttle = ProgressThrottle(lambda report: None, interval_ms=interval_ms)
+    throttle.report(step="working", percent=0)
+    start = time.perf_counter()
+    for i in range(calls):
+        throttle.report(step="working", percent=50.0, current=i, total=calls)
+    per_call = (time.perf_counter() - start) / calls
+    throttle.close()
+    return per_call * 1e6
+
+
+def celery_costs(settings: Settings, calls: int) -> dict[str, float]:
+    """`self.progress` per call, and the million-report task, in eager Celery tasks."""
+    runtime.configure(settings)
+    app = create_celery_app(settings, set_as_current=False)
+    app.conf.task_always_eager = True
+
+    @app.task(bind=True, name="bench.progress_calls")  # type: ignore[untyped-decorator]
+    def progress_calls(self: Any, n: int) -> float:
+        self.progress(step="working", percent=0)
+        start = time.perf_counter()
+        for i in range(n):
+            self.progress(step="working", percent=50.0, current=i, total=n)
+        return (time.perf_counter() - start) / n
+
+    @app.task(bind=True, name="bench.million")  # type: ignore[untyped-decorator]
+    def million(self: Any, n: int, size: int) -> tuple[float, float]:
+        chunk = max(n // CHUNKS, 1)
+        bare, with_progress = [], []
+        for _ in range(CHUNKS):
+            start = time.perf_counter()
+            for _i in range(chunk):
+                busy_work(size)
+            bare.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for i in range(chunk):
+                busy_work(size)
+                self.progress(step="working", percent=i * 100 / chunk, current=i, total=chunk)
+            with_progress.append(time.perf_counter() - start)
+        # The whole task's time, as the chunks' medians say it.
+        return statistics.median(bare) * CHUNKS, statistics.median(with_progress) * CHUNKS
+
+    out = {"throttled_us": progress_calls.apply(args=(calls,)).get() * 1e6}
+    for label, size in SIZES:
+        bare, with_progress = million.apply(args=(calls, size)).get()
+        out[f"{label}_bare_s"], out[f"{label}_progress_s"] = bare, with_progress
+    return out
+
+
+async def arq_cost(settings: Settings, calls: int) -> float:
+    """`await ctx["progress"](...)` per call (the ARQ integration's `JobRun.progress`)."""
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        run = JobRun(AsyncPublisher(client, settings), uuid.uuid4().hex, 1)
+        await run.start()
+        await run.progress(step="working", percent=0)
         start = time.perf_counter()
         for i in range(calls):
-            throttle.report(step="working", percent=50.0, current=i, total=calls)
+            await run.progress(step="working", percent=50.0, current=i, total=calls)
         per_call = (time.perf_counter() - start) / calls
-        throttle.flush()
-
-        tasks = {}
-        for label, size in (("light", 20), ("heavy", 400)):
-            # Alternated, best of three each: a noisy neighbour then slows both alike.
-            throttle = ProgressThrottle(send, interval_ms=settings.throttle_ms)
-            bare, with_progress = [], []
-            for _ in range(3):
-                bare.append(time_task(calls, size, None))
-                with_progress.append(time_task(calls, size, throttle))
-            throttle.flush()
-            tasks[label] = (min(bare), min(with_progress))
-        client.close()
-    return {
-        "throttled_us": per_call * 1e6,
-        "publish_p50_us": statistics.median(samples) * 1e6,
-        "publish_p99_us": sorted(samples)[int(len(samples) * 0.99)] * 1e6,
-        "calls": calls,
-        **{f"{label}_bare_s": bare for label, (bare, _) in tasks.items()},
-        **{f"{label}_progress_s": prog for label, (_, prog) in tasks.items()},
-    }
+        await run.succeed(None)
+        await run.stop()
+    finally:
+        await client.aclose()
+    return per_call * 1e6
 
 
 def table(result: dict[str, float]) -> str:
@@ -98,10 +150,15 @@ def table(result: dict[str, float]) -> str:
         [
             "| measure | value |",
             "| --- | --- |",
-            f"| throttled `report()` call (coalesced) | {result['throttled_us']:.2f} µs |",
+            "| Celery `self.progress(...)` call, coalesced (what a task pays per report) "
+            f"| {result['throttled_us']:.2f} µs |",
+            "| ARQ `await ctx['progress'](...)` call, coalesced "
+            f"| {result['arq_progress_us']:.2f} µs |",
+            "| the throttle alone (`ProgressThrottle.report`) "
+            f"| {result['throttle_only_us']:.2f} µs |",
             f"| real publish, one round trip (p50) | {result['publish_p50_us']:.0f} µs |",
             f"| real publish (p99) | {result['publish_p99_us']:.0f} µs |",
-            *(_task_row(result, label) for label in ("light", "heavy")),
+            *(_task_row(result, label) for label, _ in SIZES),
         ]
     )
 
@@ -110,8 +167,9 @@ def _task_row(result: dict[str, float], label: str) -> str:
     calls, bare, prog = result["calls"], result[f"{label}_bare_s"], result[f"{label}_progress_s"]
     per_item = bare / calls * 1e6
     return (
-        f"| task of {calls:,.0f} items at {per_item:.1f} µs of work each, reporting on "
-        f"every item | {bare:.2f} s → {prog:.2f} s (+{(prog / bare - 1) * 100:.0f} %) |"
+        f"| Celery task of {calls:,.0f} items at {per_item:.1f} µs of work each, calling "
+        f"`self.progress` on every item | {bare:.2f} s → {prog:.2f} s "
+        f"(+{(prog / bare - 1) * 100:.0f} %) |"
     )
 
 

@@ -66,7 +66,7 @@ def test_harness_runs_ours_and_the_naive_baseline(tmp_path: Path) -> None:
         check_server(result, name)
     assert "| measure | ours | naive | ours/naive |" in stdout
     assert "#### Idle capacity" in stdout and "#### Fan-out" in stdout
-    assert "#### Worker cost" in stdout and "throttled `report()` call" in stdout
+    assert "#### Worker cost" in stdout and "Celery `self.progress(...)` call" in stdout
     for row in result["runs"][0]["naive"]["idle"]:  # a Redis connection per client
         assert row["redis_pubsub"] >= row["established"]
 
