@@ -34,6 +34,7 @@ class DirectWriter:
     """Writes body chunks in the response's chunked framing, or refuses."""
 
     __slots__ = ("_cycle", "_flow", "_transport")
+    _last: tuple[object, bytes] = (object(), b"")  # the last body written, and its chunk
 
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
@@ -63,8 +64,15 @@ class DirectWriter:
         transport = self._transport
         if transport.is_closing():
             return False
+        if not body:
+            return True  # an empty chunk would end the response
+        # The fan-out writes the same frame to every client of a job in a row: frame the
+        # chunk once for all of them.
+        cached = DirectWriter._last
+        if cached[0] is not body:
+            cached = DirectWriter._last = (body, b"%x\r\n%s\r\n" % (len(body), body))
         try:
-            transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+            transport.write(cached[1])
         except (RuntimeError, OSError):  # closed under us: the client's task sees it
             return False
         return True

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,13 +76,12 @@ class SubscriptionHub:
         self.keyspace = KeySpace(settings.key_prefix)
         self.reader = reader
         self.metrics = metrics
-        # Reads pass their own timeout; this one bounds the handshake (CLIENT SETNAME) and
-        # writes, so a reconnect over a silently dead path cannot hang for good.
+        # No socket timeout: redis-py would arm a timer around every read, i.e. per event.
+        # The reader keeps one timer for all its reads (`_read_forever`), and the
+        # handshake and writes get `HEALTH_SECONDS` each (`_bounded`), so a reconnect over
+        # a silently dead path cannot hang for good.
         self._pool: ConnectionPool = ConnectionPool.from_url(
-            settings.redis_url,
-            client_name=client_name,
-            socket_connect_timeout=2.0,
-            socket_timeout=HEALTH_SECONDS,
+            settings.redis_url, client_name=client_name, socket_connect_timeout=2.0
         )
         self._channels: dict[str, _Channel] = {}
         self._acks: defaultdict[str, int] = defaultdict(int)  # SUBSCRIBEs awaiting reply
@@ -150,7 +150,7 @@ class SubscriptionHub:
         if conn is None or not self.connected.is_set():
             return False
         try:
-            await conn.send_command(*args, check_health=False)
+            await _bounded(conn.send_command(*args, check_health=False))
         except (RedisError, OSError) as exc:
             log.warning("pub/sub write failed: %s", exc)
             await conn.disconnect(nowait=True)  # the reader sees it and reconnects
@@ -190,7 +190,7 @@ class SubscriptionHub:
     async def _connect(self) -> None:
         conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.connect()  # type: ignore[no-untyped-call]
+            await _bounded(conn.connect())  # type: ignore[no-untyped-call]
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
@@ -205,23 +205,32 @@ class SubscriptionHub:
         if names:
             for name in names:
                 self._acks[name] += 1
-            await conn.send_command("SUBSCRIBE", *names, check_health=False)
+            await _bounded(conn.send_command("SUBSCRIBE", *names, check_health=False))
 
     async def _read_forever(self) -> None:
         conn = self._conn
         assert conn is not None
-        quiet_since = time.monotonic()
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         pinged = False
         while True:
-            reply = await conn.read_response(timeout=READ_TIMEOUT, disconnect_on_error=False)
-            now = time.monotonic()
-            if reply is not None:
-                quiet_since, pinged = now, False
-                self._handle(reply)
-            elif now - quiet_since > 2 * HEALTH_SECONDS and pinged:
+            try:
+                # One timer for every read: moved forward at most twice a second, not
+                # armed and cancelled around each message.
+                async with asyncio.timeout(READ_TIMEOUT) as window:
+                    while True:
+                        reply = await conn.read_response(disconnect_on_error=False)
+                        quiet_since, pinged = loop.time(), False
+                        self._handle(reply)
+                        if window.when() - quiet_since < READ_TIMEOUT / 2:  # type: ignore[operator]
+                            window.reschedule(quiet_since + READ_TIMEOUT)
+            except TimeoutError:
+                pass  # nothing for READ_TIMEOUT: check the connection's health
+            now = loop.time()
+            if now - quiet_since > 2 * HEALTH_SECONDS and pinged:
                 raise ConnectionError("Redis did not answer a PING on the pub/sub connection")
-            elif now - quiet_since > HEALTH_SECONDS and not pinged:
-                await conn.send_command("PING", check_health=False)
+            if now - quiet_since > HEALTH_SECONDS and not pinged:
+                await _bounded(conn.send_command("PING", check_health=False))
                 pinged = True
 
     def _handle(self, reply: Any) -> None:
@@ -288,6 +297,15 @@ class SubscriptionHub:
         if catch_up is None:
             return [state_lost(job_id, sub.last_seq[job_id], sub.last_attempt[job_id])]
         return [frame_of(event) for event in catch_up.events]
+
+
+async def _bounded(step: Awaitable[None]) -> None:
+    """A handshake or a write on the pub/sub connection, given `HEALTH_SECONDS`."""
+    try:
+        async with asyncio.timeout(HEALTH_SECONDS):
+            await step
+    except TimeoutError:
+        raise ConnectionError(f"Redis did not answer within {HEALTH_SECONDS}s") from None
 
 
 def state_lost(job_id: str, last_seq: int, attempt: int) -> Delivery:

@@ -114,22 +114,26 @@ class Subscriber:
             self._push(delivery)
 
     def _push(self, delivery: Delivery) -> None:
+        # Runs for every delivery (the fan-out's inner loop): attribute reads kept few.
         event = delivery.event
-        job_id = event.job_id
-        if job_id in self.finished or event.seq <= self.last_seq.get(job_id, event.seq):
+        job_id, seq = event.job_id, event.seq
+        if seq <= self.last_seq.get(job_id, seq) or job_id in self.finished:
             return
-        self.last_seq[job_id] = event.seq
+        self.last_seq[job_id] = seq
         self.last_attempt[job_id] = event.attempt
-        if event.is_terminal:
+        terminal = event.is_terminal
+        if terminal:
             self.finished.add(job_id)
         elif len(self._queue) >= self.capacity and self._coalesce(delivery):
             return
         sink = self._direct_sink()
-        if sink is not None and sink.write(self.frame(delivery)):
-            self.wrote = True
-            if event.is_terminal:
-                self._wake()  # the writer ends the response
-            return
+        if sink is not None:
+            frame = delivery.frame if self.cursor is None else self.frame(delivery)
+            if sink.write(frame):
+                self.wrote = True
+                if terminal:
+                    self._wake()  # the writer ends the response
+                return
         self._queue.append(delivery)
         self._wake()
 
