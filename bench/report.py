@@ -100,6 +100,26 @@ class Figures:
             found.append(max(good) if good else None)
         return found
 
+    def sustained_step(self, server: str) -> list[float | None]:
+        """Per run: the highest load asked (deliveries/s) of a step with p99 <= 50 ms and
+        nothing lost. The delivered rate of that step reads a little lower, since it is
+        counted up to the last delivery, after the publishing ended."""
+        found: list[float | None] = []
+        for run in self.runs:
+            fan = run.get(server, {}).get("fanout")
+            if not isinstance(fan, dict) or "steps" not in fan:
+                continue
+            good = [
+                s["rate"] * s["expected"] / s["published"]
+                for s in fan["steps"]
+                if s["lost"] == 0
+                and s["published"]
+                and s["p99_ms"] is not None
+                and s["p99_ms"] <= LATENCY_TARGET_MS
+            ]
+            found.append(max(good) if good else None)
+        return found
+
     def errors(self) -> list[str]:
         out = []
         for i, run in enumerate(self.runs, 1):
