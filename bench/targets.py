@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bench.report import NAMES, Figures, fmt, median, ratio, table
 from bench.scenarios import Sizes
+from bench.worker_cost import SIZES
 
 
 def verdict(ok: bool | None) -> str:
@@ -89,7 +90,7 @@ def targets_table(fig: Figures, sizes: Sizes, costs: dict[str, float] | str | No
                     verdict(costs[key] <= 2),
                 ]
             )
-        for label in ("light", "heavy"):
+        for label, _ in SIZES:
             bare, prog = costs[f"{label}_bare_s"], costs[f"{label}_progress_s"]
             work = bare / costs["calls"] * 1e6
             rows.append(

@@ -37,7 +37,8 @@ from workers.status import Status
 from workers.throttle import ProgressThrottle
 
 CHUNKS = 20  # the million-report task runs as this many interleaved pairs of chunks
-SIZES = (("light", 20), ("heavy", 400))  # busy_work sizes: ~0.3 µs and ~4 µs per item
+# busy_work sizes: about 0.3, 3.5 and 8 µs of work per item here
+SIZES = (("light", 20), ("heavy", 400), ("heavier", 700))
 
 
 def busy_work(size: int) -> int:
