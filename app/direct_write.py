@@ -55,6 +55,11 @@ class DirectWriter:
             return None
         return cls(cycle)
 
+    @property
+    def gone(self) -> bool:
+        """The client's connection is lost (uvicorn saw it close)."""
+        return bool(self._cycle.disconnected)
+
     def write(self, body: bytes) -> bool:
         """True if written now; False if the client's task must send it (then nothing was
         written, so order is kept by queueing it behind whatever else waits)."""

@@ -2,7 +2,8 @@
 
 Instead of a timer per connection, a single task looks at all subscribers a few times a
 second: a stream that sent nothing for half a ping interval gets `: ping` (so gaps stay
-under `PROGRESS_PING_SECONDS`), a stream past its (jittered) lifetime is ended, and when
+under `PROGRESS_PING_SECONDS`), a stream whose client left is ended (under the direct
+writer, `app/direct_write.py`), a stream past its (jittered) lifetime is ended, and when
 uvicorn starts shutting down (SIGTERM) every stream is ended so clients resume elsewhere.
 """
 
@@ -71,6 +72,8 @@ class Keepalive:
             for sub in self.hub.subscribers():
                 if self.draining:
                     sub.close("shutdown")
+                elif sub.sink is not None and sub.sink.gone:
+                    sub.close("disconnect")
                 elif now >= sub.deadline:
                     sub.close("lifetime")
                 elif ping:

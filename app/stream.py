@@ -3,15 +3,16 @@
 A lean writer rather than sse-starlette's per-connection machinery (a task group, a ping
 task and a shutdown watcher per stream): frames arrive pre-encoded from the hub, pings
 and lifetimes come from one shared sweep (`app/keepalive.py`), so a stream costs one
-task (this one) plus a disconnect listener. Deliberate choices:
+task (the request's own). Deliberate choices:
 - the first bytes are `retry: 2000` and a comment, so headers and `open` go out at once;
 - once they are out, frames are written straight to the socket by the hub's fan-out
   while the client keeps up (`app/direct_write.py`); this task sends only what had to be
   queued (the replay, a backlog behind a slow client) and ends the response;
 - every send of this task has `PROGRESS_SEND_TIMEOUT`: a client that reads nothing is
   dropped (uvicorn then closes its socket and logs that the response was not completed);
-- `http.disconnect` is watched from the start, so a gone client frees its subscription
-  at once, not at the next event.
+- a client that left frees its subscription within a sweep tick (a quarter second), not
+  at the next event: the sweep reads the direct writer's `gone`; without the direct
+  writer (another server), a listener task per stream watches for `http.disconnect`.
 """
 
 from __future__ import annotations
@@ -92,10 +93,15 @@ class EventStreamResponse:
 
     async def run(self, receive: Receive, send: Send) -> None:
         """The body, from the first bytes to the end; frees what the stream holds."""
-        listener = asyncio.create_task(self._listen_for_disconnect(receive))
+        writer = DirectWriter.of(send)
+        # With the direct writer, the shared sweep sees a client that left (`writer.gone`)
+        # within a tick; elsewhere, a listener task per stream waits for `http.disconnect`.
+        listener = None
+        if writer is None:
+            listener = asyncio.create_task(self._listen_for_disconnect(receive))
         try:
             await self._send(send, self.first)
-            if (writer := DirectWriter.of(send)) is not None:
+            if writer is not None:
                 self.source.attach(writer)
             while (frame := await self.source.next_frame()) is not None:
                 await self._send(send, frame)
@@ -104,9 +110,10 @@ class EventStreamResponse:
             self.metrics.slow_clients_dropped.inc()
             log.info("dropped a stream whose client read nothing for %ss", self.send_timeout)
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
             await self.on_close()
 
     async def abandon(self) -> None:

@@ -42,6 +42,11 @@ def frame_of(event: ProgressEvent) -> Delivery:
 
 
 class Sink(Protocol):
+    @property
+    def gone(self) -> bool:
+        """The client left (the keep-alive sweep then ends the stream)."""
+        ...
+
     def write(self, body: bytes) -> bool:
         """Write now and say True, or write nothing and say False."""
         ...

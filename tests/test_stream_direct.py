@@ -122,3 +122,27 @@ async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
     ids = [int(line[4:]) for line in text.split(b"\n") if line.startswith(b"id: ")]
     assert ids == list(range(1, events + 3))
     assert sub.coalesced == 0
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_a_client_that_leaves_frees_its_stream_on_either_path(
+    settings: Settings, http: str
+) -> None:
+    """The sweep reads the direct writer's `gone`; under h11 a listener task does it."""
+    job = uuid.uuid4().hex
+    pub = publisher(settings)
+    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    try:
+        with running_server(settings.replace(ping_seconds=30), http=http) as server:
+            services = server.services
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
+                    lines = response.aiter_lines()
+                    while await anext(lines) != "":
+                        pass
+                    assert services.limiter.open == 1
+            # No event and no ping is due: only the disconnect can end the stream.
+            await eventually(lambda: services.limiter.open == 0)
+            assert services.hub.subscribers() == []
+    finally:
+        pub.redis.close()
