@@ -87,30 +87,24 @@ class Figures:
 
     def sustained(self, server: str) -> list[float | None]:
         """Per run: the most deliveries/s of a step with p99 <= 50 ms and nothing lost."""
-        found: list[float | None] = []
-        for run in self.runs:
-            fan = run.get(server, {}).get("fanout")
-            if not isinstance(fan, dict) or "steps" not in fan:
-                continue
-            good = [
-                s["delivered_per_s"]
-                for s in fan["steps"]
-                if s["lost"] == 0 and s["p99_ms"] is not None and s["p99_ms"] <= LATENCY_TARGET_MS
-            ]
-            found.append(max(good) if good else None)
-        return found
+        return self._best_good_step(server, lambda s: s["delivered_per_s"])
 
     def sustained_step(self, server: str) -> list[float | None]:
         """Per run: the highest load asked (deliveries/s) of a step with p99 <= 50 ms and
         nothing lost. The delivered rate of that step reads a little lower, since it is
         counted up to the last delivery, after the publishing ended."""
+        return self._best_good_step(server, lambda s: s["rate"] * s["expected"] / s["published"])
+
+    def _best_good_step(
+        self, server: str, value: Callable[[dict[str, Any]], float]
+    ) -> list[float | None]:
         found: list[float | None] = []
         for run in self.runs:
             fan = run.get(server, {}).get("fanout")
             if not isinstance(fan, dict) or "steps" not in fan:
                 continue
             good = [
-                s["rate"] * s["expected"] / s["published"]
+                value(s)
                 for s in fan["steps"]
                 if s["lost"] == 0
                 and s["published"]

@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,10 +15,30 @@ import pytest
 
 from tests.server_support import eventually, publisher, running_server
 from workers.event import EventDraft
+from workers.publisher import Publisher
 from workers.settings import Settings
 from workers.status import Status
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pub(settings: Settings) -> Iterator[Publisher]:
+    p = publisher(settings)
+    yield p
+    p.redis.close()
+
+
+def started_job(pub: Publisher) -> str:
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    return job
+
+
+async def past_the_preamble(lines: AsyncIterator[str]) -> None:
+    """Read the `retry:` line and its comment: the stream is open and attached."""
+    while await anext(lines) != "":
+        pass
 
 
 def test_the_procfile_serves_with_httptools_the_protocol_the_direct_path_needs() -> None:
@@ -27,28 +48,22 @@ def test_the_procfile_serves_with_httptools_the_protocol_the_direct_path_needs()
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
 async def test_a_stream_is_the_same_whether_frames_go_direct_or_through_asgi(
-    settings: Settings, http: str
+    settings: Settings, pub: Publisher, http: str
 ) -> None:
-    job = uuid.uuid4().hex
-    pub = publisher(settings)
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
-    try:
-        with running_server(settings, http=http) as server:
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
-                    lines = response.aiter_lines()
-                    while await anext(lines) != "":  # the retry line and its comment
-                        pass
-                    subs = server.services.hub.subscribers()
-                    assert len(subs) == 1
-                    # Only the Procfile's protocol writes straight to the socket.
-                    assert (subs[0].sink is not None) == (http == "httptools")
-                    for percent in range(1, 51):
-                        pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=percent))
-                    pub.publish(EventDraft(job_id=job, status=Status.SUCCESS, result=1))
-                    rest = [line async for line in lines]
-    finally:
-        pub.redis.close()
+    job = started_job(pub)
+    with running_server(settings, http=http) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
+                lines = response.aiter_lines()
+                await past_the_preamble(lines)
+                subs = server.services.hub.subscribers()
+                assert len(subs) == 1
+                # Only the Procfile's protocol writes straight to the socket.
+                assert (subs[0].sink is not None) == (http == "httptools")
+                for percent in range(1, 51):
+                    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=percent))
+                pub.publish(EventDraft(job_id=job, status=Status.SUCCESS, result=1))
+                rest = [line async for line in lines]
     ids = [int(line[4:]) for line in rest if line.startswith("id: ")]
     assert ids == list(range(1, 53))  # the snapshot, 50 progress events, the end
     data = [json.loads(line[6:]) for line in rest if line.startswith("data: ")]
@@ -72,14 +87,12 @@ def dechunk(raw: bytes) -> tuple[bytes, bool]:
 
 
 async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
-    settings: Settings,
+    settings: Settings, pub: Publisher
 ) -> None:
     """While the client reads nothing its socket fills and frames queue behind it; as it
     reads slowly, with events still coming, the socket pauses and resumes many times
     (each resume races the live frames against the queued ones); nothing may jump."""
-    job = uuid.uuid4().hex
-    pub = publisher(settings)
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    job = started_job(pub)
     events = 3000
     stalled = threading.Event()
 
@@ -117,7 +130,6 @@ async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
             if thread.is_alive() or thread.ident is not None:
                 thread.join()
             sock.close()
-            pub.redis.close()
     assert head.startswith(b"HTTP/1.1 200")
     ids = [int(line[4:]) for line in text.split(b"\n") if line.startswith(b"id: ")]
     assert ids == list(range(1, events + 3))
@@ -126,23 +138,16 @@ async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
 async def test_a_client_that_leaves_frees_its_stream_on_either_path(
-    settings: Settings, http: str
+    settings: Settings, pub: Publisher, http: str
 ) -> None:
     """The sweep reads the direct writer's `gone`; under h11 a listener task does it."""
-    job = uuid.uuid4().hex
-    pub = publisher(settings)
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
-    try:
-        with running_server(settings.replace(ping_seconds=30), http=http) as server:
-            services = server.services
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
-                    lines = response.aiter_lines()
-                    while await anext(lines) != "":
-                        pass
-                    assert services.limiter.open == 1
-            # No event and no ping is due: only the disconnect can end the stream.
-            await eventually(lambda: services.limiter.open == 0)
-            assert services.hub.subscribers() == []
-    finally:
-        pub.redis.close()
+    job = started_job(pub)
+    with running_server(settings.replace(ping_seconds=30), http=http) as server:
+        services = server.services
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
+                await past_the_preamble(response.aiter_lines())
+                assert services.limiter.open == 1
+        # No event and no ping is due: only the disconnect can end the stream.
+        await eventually(lambda: services.limiter.open == 0)
+        assert services.hub.subscribers() == []
