@@ -167,6 +167,7 @@ const CONN_TEXT = {
 
 function showConn(state, detail = {}) {
   const conn = $("#conn-state");
+  if (state === "ended" || state === "closed") state = "idle"; // no stream left open
   conn.dataset.state = state;
   conn.textContent = CONN_TEXT[state]?.(detail) ?? "No live stream";
 }

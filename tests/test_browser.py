@@ -183,6 +183,7 @@ def test_ten_jobs_finish_over_one_stream(
     expect(page.locator("li.job a.download")).to_have_count(10)
     expect(page.locator("li.job .percent")).to_have_text(["100%"] * 10)
     expect(page.locator("#conn-state")).to_have_text("No live stream")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "idle")
     rec = recorder
     assert rec.watch_posts == 1
     assert len(rec.stream_urls) == 1, rec.stream_urls
