@@ -157,14 +157,15 @@ async def run_services(services: Services) -> AsyncIterator[None]:
     await services.hub.start()
     services.keepalive.start()
     stop = asyncio.Event()
-    sweeper = start_sweeper(services, stop)
+    sweepers = [start_sweeper(services, stop), *start_settlers(services, stop)]
     try:
         yield
     finally:
         services.keepalive.drain()
         stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sweeper, services.settings.shutdown_seconds + 1)
+        for sweeper in sweepers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sweeper, services.settings.shutdown_seconds + 1)
         await services.keepalive.stop()
         await services.hub.close()
         await services.redis.aclose()
@@ -181,6 +182,17 @@ def start_sweeper(services: Services, stop: asyncio.Event) -> asyncio.Task[Any]:
     """The WorkerLost sweeper (workers/sweeper.py): every web process runs one."""
     sweeper = LeaseSweeper(services.redis, services.settings)
     return asyncio.create_task(sweeper.run(stop), name="lease-sweeper")
+
+
+def start_settlers(services: Services, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+    """Runners that can leave a job pending unseen (ARQ: `ArqRunner.run_settler`) get a
+    loop that ends such jobs; every web process runs one per runner."""
+    settlers = []
+    for name, runner in services.runners.items():
+        run_settler = getattr(runner, "run_settler", None)
+        if callable(run_settler):
+            settlers.append(asyncio.create_task(run_settler(stop), name=f"{name}-settler"))
+    return settlers
 
 
 def routes() -> list[BaseRoute]:

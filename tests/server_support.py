@@ -21,6 +21,7 @@ import uvicorn
 from app.main import create_app
 from app.runners import JobRunner
 from app.services import Services
+from workers.catalog import Catalog
 from workers.event import EventDraft
 from workers.keys import KeySpace
 from workers.publisher import Publisher, PublishOutcome
@@ -57,8 +58,9 @@ class ServerThread:
         runners: Mapping[str, JobRunner] | None = None,
         *,
         http: str = "httptools",  # the Procfile's; "h11" takes the plain ASGI path
+        catalog: Catalog | None = None,
     ):
-        self.app = create_app(settings, runners=runners)
+        self.app = create_app(settings, runners=runners, catalog=catalog)
         self.services: Services = self.app.state.services
         self.port = free_port()
         config = uvicorn.Config(
@@ -101,9 +103,13 @@ class ServerThread:
 
 @contextmanager
 def running_server(
-    settings: Settings, runners: Mapping[str, JobRunner] | None = None, *, http: str = "httptools"
+    settings: Settings,
+    runners: Mapping[str, JobRunner] | None = None,
+    *,
+    http: str = "httptools",
+    catalog: Catalog | None = None,
 ) -> Iterator[ServerThread]:
-    server = ServerThread(settings, runners, http=http)
+    server = ServerThread(settings, runners, http=http, catalog=catalog)
     server.start()
     try:
         yield server

@@ -3,15 +3,17 @@ the real `ArqRunner` and the project's real ARQ worker process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.arq_support import ArqWorker, run_worker, worker_settings
+from tests.arq_support import LEASE_SECONDS, ArqWorker, run_worker, worker_settings
 from tests.server_support import ServerThread, read_all, running_server
 from workers.arq_runner import ArqRunner
+from workers.catalog import TaskSpec, default_catalog
 from workers.redis_server import RedisServer
 from workers.settings import Settings
 
@@ -119,3 +121,25 @@ async def test_status_falls_back_to_arq_for_jobs_we_never_saw(
         await pool.zrem(queue_name_of(http_settings), "foreignjob2")
         await pool.zrem(queue_name_of(http_settings) + "x", "foreignjob1")
         await pool.aclose()
+
+
+async def test_a_job_the_arq_worker_cannot_run_ends_its_stream_failed(
+    http_settings: Settings, demo_worker: ArqWorker
+) -> None:
+    """The worker has no such function, so no hook of ours runs there: the web process's
+    settler ends the job (within about 1.5 leases of its enqueue) instead of a spinner."""
+    catalog = default_catalog().with_tasks(
+        [TaskSpec(name="ghost.task", runners=frozenset({"arq"}))]
+    )
+    runners = {"arq": ArqRunner(http_settings)}
+    with running_server(http_settings, runners, catalog=catalog) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+            body = {"task": "ghost.task", "runner": "arq"}
+            created = await client.post("/api/v1/jobs", json=body)
+            assert created.status_code == 202, created.text
+            async with asyncio.timeout(5 * LEASE_SECONDS):  # the bound, with a margin
+                stream = await read_all(client, created.json()["events_url"])
+    events = [json.loads(e.data) for e in stream.events]
+    assert [e["status"] for e in events] == ["pending", "failure"] and stream.ended
+    assert events[-1]["error"]["type"] == "JobExecutionFailed"
+    assert "ghost.task" in events[-1]["error"]["message"]

@@ -192,3 +192,40 @@ async def arq_pool(settings: Settings) -> ArqRedis:
     return await create_pool(
         RedisSettings.from_dsn(settings.redis_url), default_queue_name=queue_name_of(settings)
     )
+
+
+async def test_a_job_arq_fails_before_running_it_ends_instead_of_staying_pending(
+    runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
+) -> None:
+    """No ARQ hook sees a job whose function the worker lacks: the web side settles it."""
+    job_id = await run(runner, "not_registered_anywhere")
+    await wait_for_arq_result(async_redis, job_id)
+    assert await runner.settle_pending(older_than=0) == [job_id]
+    events = await history(async_redis, arq_settings, job_id)
+    assert [e.status for e in events] == [Status.PENDING, Status.FAILURE]
+    error = events[-1].error
+    assert error is not None and error.type == "JobExecutionFailed"
+    assert "not_registered_anywhere" in error.message
+    assert await runner.settle_pending(older_than=0) == []  # forgotten once settled
+
+
+async def test_settling_leaves_queued_jobs_alone_and_forgets_started_ones(
+    runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
+) -> None:
+    idle = ArqRunner(arq_settings, queue_name=f"{arq_settings.key_prefix}:idle")
+    try:
+        queued = uuid.uuid4().hex  # on a queue no worker reads
+        await idle.aenqueue(queued, "echo", {"value": 1})
+        done = await run(runner, "echo", value=2)
+        await wait_for_status(async_redis, arq_settings, done)
+        for each in (runner, idle):
+            assert await each.settle_pending(older_than=0) == []
+        assert await async_redis.zscore(runner.pending_index, done) is None  # started
+        assert await async_redis.zscore(idle.pending_index, queued) is not None  # waits
+        statuses = [e.status for e in await history(async_redis, arq_settings, queued)]
+        assert statuses == [Status.PENDING]
+        assert (await idle.acancel(queued)).accepted
+        assert await idle.settle_pending(older_than=0) == []
+        assert await async_redis.zscore(idle.pending_index, queued) is None
+    finally:
+        await idle.aclose()

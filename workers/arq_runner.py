@@ -22,6 +22,7 @@ from arq.jobs import Job, JobStatus, ResultNotFound
 
 from workers.arq_settings import queue_name_of
 from workers.event import ErrorInfo, EventDraft
+from workers.keys import KeySpace
 from workers.publisher import AsyncPublisher, PublishOutcome
 from workers.settings import Settings
 from workers.status import Status
@@ -83,7 +84,9 @@ class ArqRunner:
 
     def __init__(self, settings: Settings, *, queue_name: str | None = None) -> None:
         self.settings = settings
+        self.keyspace = KeySpace(settings.key_prefix)
         self.queue_name = queue_name or queue_name_of(settings)
+        self.pending_index = self.keyspace.arq_pending(self.queue_name)
         self._pool: ArqRedis | None = None
 
     # --- synchronous, for a worker thread (the web app's `JobRunner` protocol) ---
@@ -130,6 +133,71 @@ class ArqRunner:
         error = ErrorInfo(type=type(info.result).__name__, message=str(info.result)[:500])
         return QueueStatus(status=Status.FAILURE, error=error)
 
+    async def settle_pending(self, *, older_than: float, batch: int = 100) -> list[str]:
+        """End the jobs ARQ finished without ever running them; return their ids.
+
+        ARQ fails some jobs before the job function (and so our wrapper) runs: a function
+        the worker does not have, a job that expired in the queue, too many tries. No ARQ
+        hook sees those, so without this their stream would stay `pending` for good. Jobs
+        enqueued more than `older_than` seconds ago are looked at: one that started (or
+        ended) is forgotten; one ARQ completed while our snapshot says `pending` gets
+        ARQ's outcome, through the publish script (the first web process wins).
+        """
+        pool = await self._shared_pool()
+        seconds, micros = await pool.time()
+        due = await pool.zrangebyscore(
+            self.pending_index,
+            "-inf",
+            seconds + micros / 1e6 - older_than,
+            start=0,
+            num=batch,
+        )
+        settled = []
+        for raw in due:
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if await self._settle(pool, job_id):
+                settled.append(job_id)
+        return settled
+
+    async def run_settler(self, stop: asyncio.Event) -> None:
+        """`settle_pending` every lease / 2 seconds, for jobs older than a lease, until
+        `stop` (every web process with an ARQ runner runs one); errors are logged."""
+        interval = self.settings.lease_seconds / 2
+        while not stop.is_set():
+            try:
+                await self.settle_pending(older_than=self.settings.lease_seconds)
+            except Exception:
+                log.exception("settling pending ARQ jobs failed; trying again later")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def _settle(self, pool: ArqRedis, job_id: str) -> bool:
+        index = self.pending_index
+        status = await pool.hget(self.keyspace.job(job_id).state, "status")  # type: ignore[misc]
+        if status != Status.PENDING.value.encode():  # started, ended, or its state is gone
+            await pool.zrem(index, job_id)
+            return False
+        outcome = await self.aqueue_status(job_id)
+        if outcome is None:  # no trace left in ARQ (its result expired): nothing to tell
+            log.warning("job %s: pending, and ARQ has no trace of it", job_id)
+            await pool.zrem(index, job_id)
+            return False
+        if outcome.status is Status.PENDING or outcome.status is Status.STARTED:
+            return False  # still queued, or running right now: look again later
+        draft = EventDraft(
+            job_id=job_id,
+            status=outcome.status,
+            result=outcome.result if outcome.status is Status.SUCCESS else None,
+            error=outcome.error,
+        )
+        published = await AsyncPublisher(pool, self.settings).publish(draft)
+        await pool.zrem(index, job_id)
+        if published.accepted:
+            log.warning("job %s: ARQ ended it without running it (%s)", job_id, outcome.error)
+        return published.accepted
+
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -145,6 +213,9 @@ class ArqRunner:
         if not outcome.accepted:
             raise EnqueueRefused(f"job {job_id} already exists ({outcome.reason})")
         try:
+            # Indexed before the job exists in ARQ's queue, so no worker can finish it unseen.
+            seconds, micros = await pool.time()
+            await pool.zadd(self.pending_index, {job_id: seconds + micros / 1e6})
             job = await pool.enqueue_job(
                 task, _job_id=job_id, _queue_name=self.queue_name, **params
             )

@@ -57,6 +57,11 @@ class KeySpace:
         """Sorted set of running jobs by lease deadline: the sweeper's index."""
         return f"{self.prefix}:leases"
 
+    def arq_pending(self, queue_name: str) -> str:
+        """Sorted set of the jobs the web app put on an ARQ queue and that have not started
+        yet, by enqueue time: `ArqRunner.settle_pending` ends those ARQ failed unrun."""
+        return f"{self.prefix}:arq:pending:{queue_name}"
+
     @property
     def watches(self) -> str:
         return f"{self.prefix}:watch"
