@@ -264,10 +264,7 @@ class SubscriptionHub:
         delivery = frame_of(event)
         self.metrics.events_relayed.inc()
         for sub in channel.subscribers:
-            before = sub.coalesced
             sub.offer(delivery)
-            if sub.coalesced != before:
-                self.metrics.frames_coalesced.inc()
 
     def _catch_up(self, channel: _Channel) -> None:
         """After a (re)subscribe: queue, for every held client, what it missed."""

@@ -62,6 +62,7 @@ async def open_stream(services: Services, req: StreamRequest) -> EventStreamResp
         lifetime=settings.max_stream_seconds,
         client=req.client,
         cursor=req.after if req.watch else None,
+        on_coalesce=services.metrics.frames_coalesced.inc,
     )
     try:
         await _subscribe_and_replay(services, req, sub)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +63,7 @@ class Subscriber:
         lifetime: float,
         client: str = "",
         cursor: Sequence[int | None] | None = None,
+        on_coalesce: Callable[[], object] | None = None,
     ) -> None:
         self.job_ids = tuple(job_ids)
         self.client = client
@@ -71,6 +72,7 @@ class Subscriber:
         self.last_attempt: dict[str, int] = dict.fromkeys(job_ids, 1)
         self.finished: set[str] = set()  # jobs whose terminal event is queued
         self.coalesced = 0
+        self._on_coalesce = on_coalesce  # e.g. the process's metric; only on this rare path
         self.closed: str | None = None  # why the stream ends early: shutdown, lifetime...
         self.ping_due = False
         self.wrote = True  # a frame went out since the last keep-alive sweep
@@ -173,6 +175,8 @@ class Subscriber:
                     return False
                 self._queue[index] = delivery
                 self.coalesced += 1
+                if self._on_coalesce is not None:
+                    self._on_coalesce()
                 return True
         return False
 

@@ -30,14 +30,15 @@ async def drain(sub: Subscriber) -> list[int]:
 
 
 async def test_a_full_queue_coalesces_progress_but_keeps_every_status_change() -> None:
-    sub = Subscriber([JOB], capacity=3, lifetime=60)
+    counted: list[None] = []  # the process's `progress_frames_coalesced` in the app
+    sub = Subscriber([JOB], capacity=3, lifetime=60, on_coalesce=lambda: counted.append(None))
     sub.offer(delivery(1, Status.STARTED))
     for seq in range(2, 10):
         sub.offer(delivery(seq))
     sub.offer(delivery(10, Status.SUCCESS))
     sub.offer(delivery(11))  # nothing after a terminal event
     assert await drain(sub) == [1, 2, 9, 10]
-    assert sub.coalesced == 6 and sub.ended
+    assert sub.coalesced == len(counted) == 6 and sub.ended
 
 
 async def test_repeats_are_dropped_and_a_replay_goes_before_held_live_events() -> None:
