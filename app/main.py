@@ -85,6 +85,7 @@ def create_app(
     catalog: Catalog | None = None,
     runners: Mapping[str, JobRunner] | None = None,
 ) -> Starlette:
+    settings.check_web()  # refuses auth without a strong secret, before anything is built
     access_log.install()
     services = build_services(settings, catalog or default_catalog(), dict(runners or {}))
 

@@ -8,11 +8,12 @@ tasks calls `mint_token(settings, job_id)` and hands the token to its page.
 
 from __future__ import annotations
 
+import secrets
 from enum import Enum
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from workers.settings import Settings
+from workers.settings import Settings, check_secret
 
 JOB_SALT = "progress.job"
 WATCH_SALT = "progress.watch"
@@ -27,10 +28,14 @@ class Verdict(Enum):
 
 
 class TokenSigner:
-    """Mints and checks tokens of one purpose (jobs or watches)."""
+    """Mints and checks tokens of one purpose (jobs or watches).
 
-    def __init__(self, secret: str, salt: str, ttl: int) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt=salt)
+    Refuses a missing or short secret (`SettingsError` naming `PROGRESS_SECRET`) at
+    construction, so no code path can sign or verify with a guessable key.
+    """
+
+    def __init__(self, secret: str | None, salt: str, ttl: int) -> None:
+        self._serializer = URLSafeTimedSerializer(check_secret(secret), salt=salt)
         self.ttl = ttl
 
     def mint(self, scope_id: str) -> str:
@@ -51,19 +56,24 @@ class TokenSigner:
 
 
 def job_signer(settings: Settings) -> TokenSigner:
-    return TokenSigner(settings.secret or "", JOB_SALT, settings.token_ttl)
+    return TokenSigner(_signing_key(settings), JOB_SALT, settings.token_ttl)
 
 
 def watch_signer(settings: Settings) -> TokenSigner:
-    return TokenSigner(settings.secret or "", WATCH_SALT, settings.token_ttl)
+    return TokenSigner(_signing_key(settings), WATCH_SALT, settings.token_ttl)
+
+
+def _signing_key(settings: Settings) -> str | None:
+    """The secret with auth on; with `PROGRESS_AUTH=none` nothing is signed or checked,
+    and a random key keeps anything minted by mistake from verifying anywhere."""
+    return settings.secret if settings.auth_enabled else secrets.token_urlsafe(32)
 
 
 def mint_token(settings: Settings, job_id: str) -> str:
     """A token granting access to `job_id` alone, for `?token=` or `Authorization: Bearer`.
 
     For backends that enqueue their own Celery tasks: `mint_token(Settings.from_env(),
-    result.id)`. Needs `PROGRESS_SECRET` (the web processes' secret).
+    result.id)`. Needs `PROGRESS_SECRET` (the web processes' secret, at least 32 bytes):
+    `SettingsError` otherwise.
     """
-    if not settings.secret:
-        raise ValueError("PROGRESS_SECRET is not set: tokens cannot be signed")
-    return job_signer(settings).mint(job_id)
+    return TokenSigner(settings.secret, JOB_SALT, settings.token_ttl).mint(job_id)

@@ -37,7 +37,7 @@ def worker(redis_server: RedisServer) -> Iterator[Worker]:
 
 
 async def test_demo_report_streams_to_success_and_downloads(worker: Worker) -> None:
-    settings = worker.settings.replace(auth="token", secret="e2e-secret-0123456789")
+    settings = worker.settings.replace(auth="token", secret="e2e-secret-" + "0123456789" * 3)
     with running_server(settings, {"celery": Borrowed(worker)}) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             body = {"task": "demo.report", "params": {"steps": 4, "step_ms": 20}}

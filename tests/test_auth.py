@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from app.access_log import redact
-from app.tokens import job_signer, mint_token
+from app.main import create_app
+from app.tokens import JOB_SALT, TokenSigner, job_signer, mint_token
 from tests.server_support import FakeRunner, ServerThread, read_all, running_server
-from workers.settings import Settings
+from workers.settings import Settings, SettingsError
 
-SECRET = "test-secret-0123456789"
+SECRET = "test-secret-0123456789-0123456789abcdef"
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ async def test_minted_tokens_work_and_expire(secured: Settings, client: httpx.As
     job = (await client.post("/api/v1/jobs", json={"task": "demo.report"})).json()["job_id"]
     token = mint_token(secured, job)
     assert (await client.get(f"/api/v1/jobs/{job}", params={"token": token})).status_code == 200
-    with pytest.raises(ValueError, match="PROGRESS_SECRET"):
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
         mint_token(secured.replace(secret=None), job)
     signer_settings = secured.replace(token_ttl=1)
     old = mint_token(signer_settings, job)
@@ -113,3 +114,25 @@ async def test_tokens_never_reach_the_access_log(secured: Settings) -> None:
 def test_redact() -> None:
     assert redact("GET /a?token=abc.def&x=1") == "GET /a?token=REDACTED&x=1"
     assert redact("/a?x=1&token=abc") == "/a?x=1&token=REDACTED"
+
+
+@pytest.mark.parametrize("secret", [None, "", "x" * 31, "é" * 15])
+def test_no_public_entry_signs_or_checks_with_a_weak_secret(
+    settings: Settings, secret: str | None
+) -> None:
+    """Regression: `create_app(settings)` once signed tokens with an empty key, so a
+    token forged with `URLSafeTimedSerializer('', salt='progress.job')` read any job."""
+    weak = settings.replace(auth="token", secret=secret)
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
+        create_app(weak)
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
+        mint_token(weak, "job-1")
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
+        job_signer(weak)
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
+        TokenSigner(secret, JOB_SALT, 60)
+
+
+def test_a_secret_of_32_bytes_is_enough_and_auth_off_needs_none(settings: Settings) -> None:
+    create_app(settings.replace(auth="token", secret="s" * 32))
+    create_app(settings.replace(auth="none", secret=None))

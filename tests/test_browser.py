@@ -45,7 +45,7 @@ FETCH = """async (url) => {
 def settings(redis_server: RedisServer) -> Settings:
     """Worker and web share the key prefix; the web process checks tokens."""
     base = worker_settings(redis_server.url, lease_seconds=10)
-    return base.replace(auth="token", secret="browser-test-secret-0123456789")
+    return base.replace(auth="token", secret="browser-test-secret-0123456789-0123456789")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from workers.event import EventDraft
 from workers.settings import Settings
 from workers.status import Status
 
-SECRET = "auth-secret-0123456789"
+SECRET = "auth-secret-0123456789-0123456789abcdef"
 
 
 class _PastSigner(TimestampSigner):
@@ -69,7 +69,7 @@ async def test_every_endpoint_refuses_bad_tokens_identically_for_known_and_unkno
     pub.redis.close()
     unknown = uuid.uuid4().hex
     jobs, watches = job_signer(secured), watch_signer(secured)
-    stranger = URLSafeTimedSerializer("another-secret", salt=JOB_SALT).dumps(known)
+    stranger = URLSafeTimedSerializer("another-" + "0123456789" * 4, salt=JOB_SALT).dumps(known)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         created = await client.post(
             "/api/v1/watches", json={"jobs": [{"job_id": known, "token": jobs.mint(known)}]}

@@ -59,7 +59,7 @@ ERROR_CODES = {
     "not_ready",
     "internal",
 }
-SECRET = "fuzz-secret-0123456789"
+SECRET = "fuzz-secret-0123456789-0123456789abcdef"
 ID = r"[A-Za-z0-9_-]{1,64}"
 
 

@@ -69,4 +69,6 @@ def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
 def test_the_web_process_refuses_auth_without_a_secret() -> None:
     with pytest.raises(SettingsError, match="PROGRESS_SECRET"):
         Settings.from_env({}).check_web()
+    with pytest.raises(SettingsError, match="PROGRESS_SECRET is too short"):
+        Settings.from_env({"PROGRESS_SECRET": "short"}).check_web()
     Settings.from_env({"PROGRESS_AUTH": "none"}).check_web()

@@ -16,7 +16,7 @@ from workers.publisher import Publisher
 from workers.settings import Settings
 from workers.status import Status
 
-SECRET = "watch-secret-0123456789"
+SECRET = "watch-secret-0123456789-0123456789abcdef"
 
 
 @pytest.fixture

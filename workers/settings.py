@@ -13,6 +13,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# A signing key shorter than this is refused wherever tokens are signed or checked: an
+# HMAC key is only as strong as it is long, and an empty one makes every token forgeable.
+MIN_SECRET_BYTES = 32
+
 
 class SettingsError(ValueError):
     """A variable of the environment has a value the product cannot run with."""
@@ -138,12 +142,26 @@ class Settings:
         return Settings(**{**current, **changes})
 
     def check_web(self) -> None:
-        """What only the web process needs: a signing secret when auth is on."""
-        if self.auth_enabled and not self.secret:
-            raise SettingsError(
-                "PROGRESS_SECRET is not set: the web process refuses to start with "
-                "PROGRESS_AUTH=token and no secret (set one, or PROGRESS_AUTH=none)"
-            )
+        """What only the web process needs: a strong signing secret when auth is on."""
+        if self.auth_enabled:
+            check_secret(self.secret)
+
+
+def check_secret(secret: str | None) -> str:
+    """The secret itself, or `SettingsError` naming `PROGRESS_SECRET` when it is too weak."""
+    if not secret:
+        raise SettingsError(
+            "PROGRESS_SECRET is not set: tokens cannot be signed or checked with "
+            "PROGRESS_AUTH=token and no secret (set one of at least "
+            f"{MIN_SECRET_BYTES} bytes, or PROGRESS_AUTH=none)"
+        )
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            f"PROGRESS_SECRET is too short: {len(secret.encode())} bytes, at least "
+            f"{MIN_SECRET_BYTES} needed (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+    return secret
 
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
