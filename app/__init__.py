@@ -1,1 +1,2 @@
-"""The web app: SSE streams and the JSON API over one shared Redis subscription."""
+"""The reference deployment's web side: the app factory the Procfile serves
+(`app.main:create_app_from_env`) and the run command (`app.launch`)."""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from workers.redis_server import RedisServer
+from progress_streamer.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """The publisher side of the benchmark: one driver per server, and a paced publish loop.
 
-- ours: the project's own publish path (`workers.publisher`: `publish_call`, the publish
+- ours: the project's own publish path (`protocol.publisher`: `publish_call`, the publish
   script that assigns seq, stores history and snapshot and PUBLISHes), with `progress`
   events whose `ts` is set to `time.time()` when each is built;
 - naive: a plain Redis PUBLISH of the same JSON on the same channel name;
@@ -24,12 +24,12 @@ from typing import Protocol
 
 import redis.asyncio
 
-from workers.event import EventDraft, join_event
-from workers.keys import KeySpace
-from workers.publisher import AsyncPublisher, outcome_of, publish_call
-from workers.scripts import PUBLISH
-from workers.settings import Settings
-from workers.status import Status
+from progress_streamer.protocol.event import EventDraft, join_event
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import AsyncPublisher, outcome_of, publish_call
+from progress_streamer.protocol.scripts import PUBLISH
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
 
 MAX_BATCH = 500  # events sent in one pipeline / one write at most
 
@@ -43,7 +43,7 @@ class Driver(Protocol):
 def bench_event(job_id: str, seq: int) -> bytes:
     """The JSON our publish script would store for a `progress` event, stamped now."""
     draft = EventDraft(
-        job_id=job_id, status=Status.PROGRESS, step="bench", ts=round(time.time(), 6)
+        job_id=job_id, status=JobStatus.PROGRESS, step="bench", ts=round(time.time(), 6)
     )
     head, tail = draft.encode(1 << 20)
     return join_event(head, seq, 1, tail)
@@ -61,14 +61,14 @@ class OursDriver:
         self.sha = hashlib.sha1(PUBLISH.encode()).hexdigest()
 
     async def create(self, job_id: str) -> None:
-        outcome = await self.publisher.publish(EventDraft(job_id=job_id, status=Status.STARTED))
+        outcome = await self.publisher.publish(EventDraft(job_id=job_id, status=JobStatus.STARTED))
         if not outcome.accepted:
             raise RuntimeError(f"the publish script refused to start {job_id}: {outcome}")
 
     async def publish_many(self, job_ids: list[str]) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
-            draft = EventDraft(job_id=job_id, status=Status.PROGRESS, step="bench")
+            draft = EventDraft(job_id=job_id, status=JobStatus.PROGRESS, step="bench")
             call = publish_call(self.publisher.keyspace.job(job_id), draft, self.settings)
             # EVALSHA of the script `create()` loaded (through the publisher); the Script
             # object itself would add a SCRIPT EXISTS round trip to every batch.

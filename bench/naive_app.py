@@ -5,7 +5,7 @@
 What the tutorials teach: a minimal sse-starlette endpoint that subscribes to the job's
 channel for each client, JSON-decodes every message for each client to get its `seq`
 and status, and ends the stream after a terminal event. Same URL and frames as ours
-(`id: <seq>` / `data: <json>`), same channel names (`workers.keys`). The pool gets a
+(`id: <seq>` / `data: <json>`), same channel names (`protocol.keys`). The pool gets a
 large `max_connections` so the design is measured, not a pool default; it has no
 snapshot, no replay and no caps. Configured by BENCH_REDIS_URL and BENCH_KEY_PREFIX.
 """
@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workers.keys import KeySpace, is_valid_job_id
+from progress_streamer.protocol.keys import KeySpace, is_valid_job_id
 
 TERMINAL = {"success", "failure", "revoked"}
 POOL_CONNECTIONS = 100_000  # one pub/sub connection per client: never the limit

@@ -36,7 +36,7 @@ from bench.nchan import Nchan, find_nchan
 from bench.profiler import Profiler, py_spy, summarize
 from bench.scenarios import FULL, QUICK, Context, Sizes, fanout, idle_capacity, make_driver
 from bench.servers import SERVERS, Backend, ServerFailed, start_server
-from workers.redis_server import RedisServer
+from progress_streamer.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS_PER_LOADGEN = 5_000

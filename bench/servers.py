@@ -33,7 +33,7 @@ from bench.machine import (
     taskset,
 )
 from bench.nchan import Nchan, nginx_command, write_conf
-from workers.redis_server import free_port
+from progress_streamer.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("ours", "naive", "nchan")

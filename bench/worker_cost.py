@@ -26,15 +26,15 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from workers.arq_run import JobRun
+from progress_streamer.arq.run import JobRun
+from progress_streamer.celery.runtime import runtime
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.publisher import AsyncPublisher, Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.throttle import ProgressThrottle
+from progress_streamer.redis_server import RedisServer
 from workers.celery_app import create_celery_app
-from workers.celery_runtime import runtime
-from workers.event import EventDraft
-from workers.publisher import AsyncPublisher, Publisher
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
-from workers.throttle import ProgressThrottle
 
 CHUNKS = 20  # the million-report task runs as this many interleaved pairs of chunks
 # busy_work sizes: about 0.3, 3.5 and 8 µs of work per item here
@@ -66,11 +66,11 @@ def measure(calls: int, publishes: int) -> dict[str, float]:
 
 def publish_cost(publisher: Publisher, publishes: int) -> dict[str, float]:
     job = uuid.uuid4().hex
-    publisher.publish(EventDraft(job_id=job, status=Status.STARTED))
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     samples = []
     for _ in range(publishes):
         start = time.perf_counter()
-        publisher.publish(EventDraft(job_id=job, status=Status.PROGRESS, step="x"))
+        publisher.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, step="x"))
         samples.append(time.perf_counter() - start)
     samples.sort()
     return {

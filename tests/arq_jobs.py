@@ -12,8 +12,8 @@ from typing import Any
 
 from arq.worker import Retry, func
 
-from workers.arq_settings import progress_worker_settings
-from workers.settings import Settings
+from progress_streamer.arq.worker_settings import progress_worker_settings
+from progress_streamer.protocol.settings import Settings
 
 
 async def echo(ctx: dict[Any, Any], value: object) -> dict[str, object]:

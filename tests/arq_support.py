@@ -22,12 +22,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from workers.arq_settings import queue_name_of
-from workers.event import ProgressEvent, decode_event
-from workers.keys import KeySpace
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
+from progress_streamer.arq.worker_settings import queue_name_of
+from progress_streamer.protocol.event import ProgressEvent, decode_event
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = 2.0
@@ -124,11 +124,11 @@ async def wait_for_status(
     client: redis.asyncio.Redis,
     settings: Settings,
     job_id: str,
-    statuses: set[Status] | None = None,
+    statuses: set[JobStatus] | None = None,
     within: float = 15.0,
 ) -> ProgressEvent:
     """The job's snapshot once its status is one of `statuses` (default: terminal)."""
-    wanted = statuses or {Status.SUCCESS, Status.FAILURE, Status.REVOKED}
+    wanted = statuses or {JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.REVOKED}
     key = KeySpace(settings.key_prefix).job(job_id).state
     deadline = time.monotonic() + within
     last = None

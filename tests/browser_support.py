@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 from playwright.sync_api import ConsoleMessage, Error, Page, Request
 
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.redis_server import free_port
 from tests.celery_support import ROOT
-from workers.redis_server import free_port
-from workers.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright's own download does not work here
 LAUNCH_ARGS = [

@@ -24,11 +24,11 @@ from typing import TypeVar
 import redis
 from celery import Celery
 
+from progress_streamer.celery.runner import CeleryRunner
+from progress_streamer.protocol.event import ProgressEvent, decode_event
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
 from workers.celery_app import create_celery_app
-from workers.celery_runner import CeleryRunner
-from workers.event import ProgressEvent, decode_event
-from workers.keys import KeySpace
-from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

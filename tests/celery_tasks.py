@@ -7,9 +7,9 @@ import os
 import time
 from typing import Any
 
-from workers import celery_task
+from progress_streamer.celery import task as celery_task
+from progress_streamer.celery.runtime import runtime
 from workers.celery_app import app
-from workers.celery_runtime import runtime
 
 
 @app.task(name="tests.plain")

@@ -9,9 +9,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from workers.keys import KeySpace
-from workers.redis_server import RedisServer
-from workers.settings import Settings
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -28,9 +28,9 @@ from typing import Any
 
 import httpx
 
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.redis_server import free_port
 from tests.server_support import SSEEvent, SSEParser, SSEStream
-from workers.redis_server import free_port
-from workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

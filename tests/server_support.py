@@ -18,16 +18,16 @@ import httpx
 import redis
 import uvicorn
 
-from app.main import create_app
-from app.runners import JobRunner
-from app.services import Services
-from workers.catalog import Catalog
-from workers.event import EventDraft
-from workers.keys import KeySpace
-from workers.publisher import Publisher, PublishOutcome
-from workers.redis_server import free_port
-from workers.settings import Settings
-from workers.status import Status
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import Publisher, PublishOutcome
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import free_port
+from progress_streamer.web import create_app
+from progress_streamer.web.catalog import Catalog
+from progress_streamer.web.runners import JobRunner
+from progress_streamer.web.services import Services
 
 
 class FakeRunner:
@@ -40,10 +40,10 @@ class FakeRunner:
 
     def enqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
         self.enqueued.append((job_id, task, params))
-        self.publisher.publish(EventDraft(job_id=job_id, status=Status.PENDING))
+        self.publisher.publish(EventDraft(job_id=job_id, status=JobStatus.PENDING))
 
     def cancel(self, job_id: str) -> PublishOutcome:
-        return self.publisher.publish(EventDraft(job_id=job_id, status=Status.REVOKED))
+        return self.publisher.publish(EventDraft(job_id=job_id, status=JobStatus.REVOKED))
 
     def close(self) -> None:
         self.client.close()

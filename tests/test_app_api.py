@@ -8,13 +8,13 @@ import httpx
 import pytest
 import redis
 
-from app.jobs import content_disposition
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.web.routes.jobs import content_disposition
 from tests.server_support import FakeRunner, ServerThread, publisher, running_server
-from workers.event import EventDraft
-from workers.keys import KeySpace
-from workers.publisher import Publisher
-from workers.settings import Settings
-from workers.status import Status
 
 
 @pytest.fixture
@@ -113,9 +113,9 @@ async def test_status_shows_progress_result_and_error(
     client: httpx.AsyncClient, pub: Publisher
 ) -> None:
     job = "job-1_" + KeySpace("x").prefix
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     pub.publish(
-        EventDraft(job_id=job, status=Status.PROGRESS, step="rendering", percent=75.0, current=3,
+        EventDraft(job_id=job, status=JobStatus.PROGRESS, step="rendering", percent=75.0, current=3,
                    total=4, message="page 3")
     )  # fmt: skip
     body = (await client.get(f"/api/v1/jobs/{job}")).json()
@@ -141,10 +141,10 @@ async def test_result_download(
     client: httpx.AsyncClient, pub: Publisher, sync_redis: redis.Redis, keyspace: KeySpace
 ) -> None:
     job = "report1"
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     running = await client.get(f"/api/v1/jobs/{job}/result")
     assert (running.status_code, running.json()["error"]["code"]) == (409, "conflict")
-    pub.publish(EventDraft(job_id=job, status=Status.SUCCESS, result={"rows": 2}))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result={"rows": 2}))
     assert (await client.get(f"/api/v1/jobs/{job}/result")).status_code == 404
     sync_redis.hset(
         keyspace.job(job).file,

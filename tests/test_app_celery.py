@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from progress_streamer.protocol.publisher import PublishOutcome
+from progress_streamer.redis_server import RedisServer
 from tests.celery_support import Worker, running_worker
 from tests.server_support import read_all, running_server
-from workers.publisher import PublishOutcome
-from workers.redis_server import RedisServer
 
 pytestmark = pytest.mark.worker
 

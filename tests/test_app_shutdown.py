@@ -12,11 +12,11 @@ import uuid
 
 import httpx
 
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import free_port
 from tests.server_support import open_sse, publisher
-from workers.event import EventDraft
-from workers.redis_server import free_port
-from workers.settings import Settings
-from workers.status import Status
 
 
 def start_web(settings: Settings, port: int) -> subprocess.Popen[bytes]:
@@ -41,7 +41,7 @@ async def test_sigterm_ends_open_streams_and_exits_in_time(settings: Settings) -
     process = start_web(settings, port)
     pub = publisher(settings)
     job = uuid.uuid4().hex
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             for _ in range(500):

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio
 
+from progress_streamer.arq.runner import ArqRunner
+from progress_streamer.protocol.files import read_file
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
 from tests.arq_support import ArqWorker, history, run_worker, wait_for_status, worker_settings
-from workers.arq_runner import ArqRunner
-from workers.files import read_file
-from workers.keys import KeySpace
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = pytest.mark.worker
 
@@ -42,11 +42,11 @@ async def test_demo_report_steps_through_and_attaches_its_csv(
 ) -> None:
     job_id = await enqueue(demo_settings, "demo.report", {"steps": 5, "step_ms": 10})
     end = await wait_for_status(async_redis, demo_settings, job_id)
-    assert end.status == Status.SUCCESS, end
+    assert end.status == JobStatus.SUCCESS, end
     filename = f"report-{job_id}.csv"
     assert end.result["filename"] == filename and end.result["rows"] == 5
     events = await history(async_redis, demo_settings, job_id)
-    progress = [e for e in events if e.status == Status.PROGRESS]
+    progress = [e for e in events if e.status == JobStatus.PROGRESS]
     assert progress[0].step == "fetching"
     assert {"fetching", "rendering", "saving"} <= {e.step for e in progress}
     assert progress[-1].percent == 100.0
@@ -62,21 +62,21 @@ async def test_demo_fail_fails_clearly_at_its_percent(
 ) -> None:
     job_id = await enqueue(demo_settings, "demo.fail", {"fail_at": 30, "step_ms": 10})
     end = await wait_for_status(async_redis, demo_settings, job_id)
-    assert end.status == Status.FAILURE
+    assert end.status == JobStatus.FAILURE
     assert end.error is not None and end.error.type == "DemoFailure"
     assert "30%" in end.error.message
     events = await history(async_redis, demo_settings, job_id)
-    assert [e.percent for e in events if e.status == Status.PROGRESS][-1] == 30.0
+    assert [e.percent for e in events if e.status == JobStatus.PROGRESS][-1] == 30.0
 
 
 async def test_the_sync_cancel_revokes_once_and_then_answers_terminal(
     demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
 ) -> None:
     job_id = await enqueue(demo_settings, "demo.report", {"steps": 1000, "step_ms": 100})
-    await wait_for_status(async_redis, demo_settings, job_id, {Status.PROGRESS})
+    await wait_for_status(async_redis, demo_settings, job_id, {JobStatus.PROGRESS})
     runner = ArqRunner(demo_settings)
     first = await asyncio.to_thread(runner.cancel, job_id)
     second = await asyncio.to_thread(runner.cancel, job_id)
     assert first.accepted and (second.accepted, second.reason) == (False, "terminal")
     statuses = [e.status for e in await history(async_redis, demo_settings, job_id)]
-    assert statuses.count(Status.REVOKED) == 1 and statuses[-1] == Status.REVOKED
+    assert statuses.count(JobStatus.REVOKED) == 1 and statuses[-1] == JobStatus.REVOKED

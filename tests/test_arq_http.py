@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from progress_streamer.arq.runner import ArqRunner
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.redis_server import RedisServer
+from progress_streamer.web.catalog import TaskSpec, default_catalog
 from tests.arq_support import LEASE_SECONDS, ArqWorker, run_worker, worker_settings
 from tests.server_support import ServerThread, read_all, running_server
-from workers.arq_runner import ArqRunner
-from workers.catalog import TaskSpec, default_catalog
-from workers.redis_server import RedisServer
-from workers.settings import Settings
 
 pytestmark = pytest.mark.worker
 
@@ -81,7 +81,7 @@ async def test_status_falls_back_to_arq_for_jobs_we_never_saw(
     """404 only when neither we nor ARQ know the job (ARQ jobs enqueued without pending)."""
     from arq.connections import RedisSettings, create_pool
 
-    from workers.arq_settings import queue_name_of
+    from progress_streamer.arq.worker_settings import queue_name_of
 
     pool = await create_pool(RedisSettings.from_dsn(http_settings.redis_url))
     try:

@@ -11,6 +11,12 @@ import pytest
 import redis.asyncio
 from arq.jobs import Job
 
+from progress_streamer.arq.run import JobAlreadyFinished
+from progress_streamer.arq.runner import ArqRunner
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.sweeper import LeaseSweeper
+from progress_streamer.redis_server import RedisServer
 from tests.arq_support import (
     LEASE_SECONDS,
     ArqWorker,
@@ -19,12 +25,6 @@ from tests.arq_support import (
     wait_for_status,
     worker_settings,
 )
-from workers.arq_run import JobAlreadyFinished
-from workers.arq_runner import ArqRunner
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
-from workers.sweeper import LeaseSweeper
 
 pytestmark = pytest.mark.worker
 
@@ -60,7 +60,7 @@ async def test_a_killed_worker_ends_its_job_worker_lost_and_a_rerun_is_refused(
     try:
         job_id = uuid.uuid4().hex
         await runner.aenqueue(job_id, "sleeper", {"seconds": 60})
-        await wait_for_status(async_redis, lease_settings, job_id, {Status.PROGRESS})
+        await wait_for_status(async_redis, lease_settings, job_id, {JobStatus.PROGRESS})
         worker.kill()
         killed_at = time.monotonic()
     finally:
@@ -92,7 +92,7 @@ async def test_a_job_cut_short_by_a_worker_shutdown_runs_again_as_a_new_attempt(
     try:
         job_id = uuid.uuid4().hex
         await runner.aenqueue(job_id, "sleeper", {"seconds": 1.5})
-        await wait_for_status(async_redis, lease_settings, job_id, {Status.PROGRESS})
+        await wait_for_status(async_redis, lease_settings, job_id, {JobStatus.PROGRESS})
     finally:
         first.stop()  # SIGTERM: ARQ cancels the job and leaves it queued to run again
     second = ArqWorker(lease_settings, "tests.arq_jobs.WorkerSettings").start()
@@ -100,13 +100,13 @@ async def test_a_job_cut_short_by_a_worker_shutdown_runs_again_as_a_new_attempt(
         end = await wait_for_status(async_redis, lease_settings, job_id)
     finally:
         second.stop()
-    assert (end.status, end.attempt, end.result) == (Status.SUCCESS, 2, "slept")
+    assert (end.status, end.attempt, end.result) == (JobStatus.SUCCESS, 2, "slept")
     statuses = [e.status for e in await history(async_redis, lease_settings, job_id)]
     assert statuses == [
-        Status.PENDING,
-        Status.STARTED,
-        Status.PROGRESS,
-        Status.STARTED,
-        Status.PROGRESS,
-        Status.SUCCESS,
+        JobStatus.PENDING,
+        JobStatus.STARTED,
+        JobStatus.PROGRESS,
+        JobStatus.STARTED,
+        JobStatus.PROGRESS,
+        JobStatus.SUCCESS,
     ]

@@ -9,10 +9,15 @@ import redis.asyncio
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Function, Worker, func
 
+from progress_streamer.arq.worker_settings import (
+    PUBLISHER,
+    progress_worker_settings,
+    queue_name_of,
+    with_progress,
+)
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
 from tests.arq_support import history
-from workers.arq_settings import PUBLISHER, progress_worker_settings, queue_name_of, with_progress
-from workers.settings import Settings
-from workers.status import Status
 
 calls: list[str] = []
 
@@ -84,5 +89,5 @@ async def test_an_in_process_worker_streams_and_runs_user_hooks_in_order(
         await pool.aclose()
     assert results["tracked-1"] == 42 and results["cron:not-a-job-id"] == 2
     events = await history(async_redis, settings, "tracked-1")
-    assert [e.status for e in events] == [Status.STARTED, Status.PROGRESS, Status.SUCCESS]
+    assert [e.status for e in events] == [JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.SUCCESS]
     assert calls == ["startup", "shutdown"]

@@ -10,6 +10,11 @@ import redis.asyncio
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
 
+from progress_streamer.arq.runner import ArqRunner, publish_pending
+from progress_streamer.arq.worker_settings import queue_name_of
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
 from tests.arq_support import (
     ArqWorker,
     history,
@@ -18,11 +23,6 @@ from tests.arq_support import (
     wait_for_status,
     worker_settings,
 )
-from workers.arq_runner import ArqRunner, publish_pending
-from workers.arq_settings import queue_name_of
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = pytest.mark.worker
 
@@ -56,7 +56,7 @@ async def test_a_job_without_progress_code_streams_its_whole_lifecycle(
     job_id = await run(runner, "echo", value=[1, 2])
     end = await wait_for_status(async_redis, arq_settings, job_id)
     events = await history(async_redis, arq_settings, job_id)
-    assert [e.status for e in events] == [Status.PENDING, Status.STARTED, Status.SUCCESS]
+    assert [e.status for e in events] == [JobStatus.PENDING, JobStatus.STARTED, JobStatus.SUCCESS]
     assert [e.seq for e in events] == [1, 2, 3]
     assert end.attempt == 1
     assert end.result == {"echo": [1, 2], "ratio": 1.0, "rows": []}
@@ -69,8 +69,8 @@ async def test_progress_through_the_ctx_helper_is_throttled_and_flushed(
     job_id = await run(runner, "with_progress_job", total=2000)
     end = await wait_for_status(async_redis, arq_settings, job_id)
     events = await history(async_redis, arq_settings, job_id)
-    progress = [e for e in events if e.status == Status.PROGRESS]
-    assert end.status == Status.SUCCESS and end.result == "counted"
+    progress = [e for e in events if e.status == JobStatus.PROGRESS]
+    assert end.status == JobStatus.SUCCESS and end.result == "counted"
     assert 2 <= len(progress) < 200  # 2000 reports, coalesced
     assert (progress[0].step, progress[0].current, progress[0].total) == ("counting", 1, 2000)
     assert (progress[-1].step, progress[-1].message) == ("done", "counted")
@@ -83,7 +83,7 @@ async def test_a_failure_carries_the_exception_without_a_traceback(
 ) -> None:
     job_id = await run(runner, "broken")
     end = await wait_for_status(async_redis, arq_settings, job_id)
-    assert end.status == Status.FAILURE
+    assert end.status == JobStatus.FAILURE
     assert end.error is not None and end.error.as_dict() == {
         "type": "ValueError",
         "message": "broken on purpose",
@@ -104,7 +104,7 @@ async def test_a_result_the_event_cannot_carry_ends_the_job_failed(
 ) -> None:
     job_id = await run(runner, task)
     end = await wait_for_status(async_redis, arq_settings, job_id)
-    assert end.status == Status.FAILURE
+    assert end.status == JobStatus.FAILURE
     assert end.error is not None and end.error.type == error_type
 
 
@@ -113,7 +113,7 @@ async def test_arq_timeout_is_a_failure_not_a_revocation(
 ) -> None:
     job_id = await run(runner, "sleeper_with_timeout", seconds=30)
     end = await wait_for_status(async_redis, arq_settings, job_id)
-    assert end.status == Status.FAILURE
+    assert end.status == JobStatus.FAILURE
     assert end.error is not None and end.error.type == "TimeoutError"
 
 
@@ -121,12 +121,12 @@ async def test_cancel_publishes_revoked_first_then_aborts_the_running_job(
     runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
 ) -> None:
     job_id = await run(runner, "sleeper", seconds=30)
-    await wait_for_status(async_redis, arq_settings, job_id, {Status.PROGRESS})
+    await wait_for_status(async_redis, arq_settings, job_id, {JobStatus.PROGRESS})
     outcome = await runner.acancel(job_id)
     assert outcome.accepted
     await wait_for_arq_result(async_redis, job_id)  # the worker really cancelled it
     statuses = [e.status for e in await history(async_redis, arq_settings, job_id)]
-    assert statuses == [Status.PENDING, Status.STARTED, Status.PROGRESS, Status.REVOKED]
+    assert statuses == [JobStatus.PENDING, JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.REVOKED]
     again = await runner.acancel(job_id)
     assert (again.accepted, again.reason) == (False, "terminal")
 
@@ -135,14 +135,14 @@ async def test_an_abort_outside_our_cancel_still_ends_revoked(
     runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
 ) -> None:
     job_id = await run(runner, "sleeper", seconds=30)
-    await wait_for_status(async_redis, arq_settings, job_id, {Status.PROGRESS})
+    await wait_for_status(async_redis, arq_settings, job_id, {JobStatus.PROGRESS})
     pool = await arq_pool(arq_settings)
     try:
         assert await Job(job_id, pool, _queue_name=queue_name_of(arq_settings)).abort(timeout=15)
     finally:
         await pool.aclose()
     end = await wait_for_status(async_redis, arq_settings, job_id)
-    assert end.status == Status.REVOKED
+    assert end.status == JobStatus.REVOKED
 
 
 async def test_cancel_of_a_queued_job_keeps_it_from_ever_running(
@@ -157,7 +157,7 @@ async def test_cancel_of_a_queued_job_keeps_it_from_ever_running(
     finally:
         await idle.aclose()
     statuses = [e.status for e in await history(async_redis, arq_settings, job_id)]
-    assert statuses == [Status.PENDING, Status.REVOKED]
+    assert statuses == [JobStatus.PENDING, JobStatus.REVOKED]
 
 
 async def test_a_retried_job_starts_again_with_a_larger_attempt(
@@ -166,10 +166,10 @@ async def test_a_retried_job_starts_again_with_a_larger_attempt(
     job_id = await run(runner, "retry_once")
     end = await wait_for_status(async_redis, arq_settings, job_id)
     events = await history(async_redis, arq_settings, job_id)
-    started = [e.attempt for e in events if e.status == Status.STARTED]
+    started = [e.attempt for e in events if e.status == JobStatus.STARTED]
     assert started == [1, 2]
-    assert (end.status, end.result, end.attempt) == (Status.SUCCESS, 2, 2)
-    assert [e.status for e in events].count(Status.PENDING) == 1
+    assert (end.status, end.result, end.attempt) == (JobStatus.SUCCESS, 2, 2)
+    assert [e.status for e in events].count(JobStatus.PENDING) == 1
 
 
 async def test_user_hooks_still_run_and_own_enqueues_stream_with_the_one_liner(
@@ -183,9 +183,9 @@ async def test_user_hooks_still_run_and_own_enqueues_stream_with_the_one_liner(
         end = await wait_for_status(async_redis, arq_settings, job_id)
     finally:
         await pool.aclose()
-    assert (end.status, end.result) == (Status.SUCCESS, True)
+    assert (end.status, end.result) == (JobStatus.SUCCESS, True)
     events = await history(async_redis, arq_settings, job_id)
-    assert events[0].status == Status.PENDING
+    assert events[0].status == JobStatus.PENDING
 
 
 async def arq_pool(settings: Settings) -> ArqRedis:
@@ -202,7 +202,7 @@ async def test_a_job_arq_fails_before_running_it_ends_instead_of_staying_pending
     await wait_for_arq_result(async_redis, job_id)
     assert await runner.settle_pending(older_than=0) == [job_id]
     events = await history(async_redis, arq_settings, job_id)
-    assert [e.status for e in events] == [Status.PENDING, Status.FAILURE]
+    assert [e.status for e in events] == [JobStatus.PENDING, JobStatus.FAILURE]
     error = events[-1].error
     assert error is not None and error.type == "JobExecutionFailed"
     assert "not_registered_anywhere" in error.message
@@ -223,7 +223,7 @@ async def test_settling_leaves_queued_jobs_alone_and_forgets_started_ones(
         assert await async_redis.zscore(runner.pending_index, done) is None  # started
         assert await async_redis.zscore(idle.pending_index, queued) is not None  # waits
         statuses = [e.status for e in await history(async_redis, arq_settings, queued)]
-        assert statuses == [Status.PENDING]
+        assert statuses == [JobStatus.PENDING]
         assert (await idle.acancel(queued)).accepted
         assert await idle.settle_pending(older_than=0) == []
         assert await async_redis.zscore(idle.pending_index, queued) is None

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from app.access_log import redact
-from app.main import create_app
-from app.tokens import JOB_SALT, TokenSigner, job_signer, mint_token
+from progress_streamer.protocol.settings import Settings, SettingsError
+from progress_streamer.web import create_app
+from progress_streamer.web.access_log import redact
+from progress_streamer.web.tokens import JOB_SALT, TokenSigner, job_signer, mint_token
 from tests.server_support import FakeRunner, ServerThread, read_all, running_server
-from workers.settings import Settings, SettingsError
 
 SECRET = "test-secret-0123456789-0123456789abcdef"
 

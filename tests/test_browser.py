@@ -18,13 +18,13 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
+from progress_streamer.protocol.event import ErrorInfo, EventDraft
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
 from tests.browser_support import CHROMIUM, LAUNCH_ARGS, RECORD_FRAMES, PageRecorder, WebProcess
 from tests.celery_support import Worker, running_worker, worker_settings
-from workers.event import ErrorInfo, EventDraft
-from workers.publisher import Publisher
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
 
@@ -230,12 +230,12 @@ def test_server_text_never_becomes_markup(page: Page, web: WebProcess, worker: W
     client = redis.Redis.from_url(worker.settings.redis_url)
     try:
         publisher = Publisher(client, worker.settings)
-        draft = EventDraft(job_id=jid, status=Status.PROGRESS, step=step, message=message)
+        draft = EventDraft(job_id=jid, status=JobStatus.PROGRESS, step=step, message=message)
         assert publisher.publish(draft).accepted
         expect(card.locator(".step")).to_have_text(step)
         expect(card.locator(".message")).to_have_text(message)
         assert publisher.publish(
-            EventDraft(job_id=jid, status=Status.FAILURE, error=error)
+            EventDraft(job_id=jid, status=JobStatus.FAILURE, error=error)
         ).accepted
         expect(card).to_have_attribute("data-status", "failure")
         expect(card.locator(".error")).to_have_text(f"{error.type}: {error.message}")

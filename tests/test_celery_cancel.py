@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
 from tests.celery_support import (
     Worker,
     new_queue,
@@ -16,10 +20,6 @@ from tests.celery_support import (
     wait_for,
     worker_settings,
 )
-from workers.event import EventDraft
-from workers.publisher import Publisher
-from workers.redis_server import RedisServer
-from workers.status import Status
 
 pytestmark = pytest.mark.worker
 
@@ -100,8 +100,8 @@ def test_cancel_with_no_worker_up_and_a_worker_started_later(redis_server: Redis
 def test_a_late_delivery_of_a_finished_job_does_not_run(worker: Worker) -> None:
     job, marker = new_job(), f"marker-{uuid.uuid4().hex}"
     publisher = Publisher(worker.redis, worker.settings)
-    publisher.publish(EventDraft(job_id=job, status=Status.STARTED))
-    publisher.publish(EventDraft(job_id=job, status=Status.REVOKED))  # e.g. WorkerLost, revoked
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.REVOKED))  # e.g. WorkerLost, revoked
 
     worker.app.send_task("tests.mark", kwargs={"key": marker}, task_id=job)
 

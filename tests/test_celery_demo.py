@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from workers.celery_task import progress_fields
-from workers.event import check_report
+from progress_streamer.celery.task import progress_fields
+from progress_streamer.protocol.event import check_report
 from workers.tasks.report import (
     fail_error,
     fail_plan,

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from progress_streamer.redis_server import RedisServer
 from tests.celery_support import Worker, running_worker
-from workers.redis_server import RedisServer
 
 pytestmark = pytest.mark.worker
 

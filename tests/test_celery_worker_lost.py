@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import redis.asyncio
 
+from progress_streamer.protocol.event import EventDraft, ProgressEvent
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.sweeper import LeaseSweeper
+from progress_streamer.redis_server import RedisServer
 from tests.celery_support import Worker, running_worker
-from workers.event import EventDraft, ProgressEvent
-from workers.publisher import Publisher
-from workers.redis_server import RedisServer
-from workers.status import Status
-from workers.sweeper import LeaseSweeper
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def assert_worker_lost(worker: Worker, job: str, end: ProgressEvent) -> None:
     assert statuses.count("failure") == 1 and statuses[-1] == "failure"
     # WorkerLost is final: a re-delivery's `started` is refused.
     refused = Publisher(worker.redis, worker.settings).publish(
-        EventDraft(job_id=job, status=Status.STARTED)
+        EventDraft(job_id=job, status=JobStatus.STARTED)
     )
     assert (refused.accepted, refused.reason) == (False, "terminal")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from workers.event import (
+from progress_streamer.protocol.event import (
     ErrorInfo,
     EventDraft,
     MalformedEvent,
@@ -14,14 +14,14 @@ from workers.event import (
     decode_event,
     encode_event,
 )
-from workers.keys import InvalidJobId, KeySpace
-from workers.status import TRANSITIONS, Status
+from progress_streamer.protocol.keys import InvalidJobId, KeySpace
+from progress_streamer.protocol.status import TRANSITIONS, JobStatus
 
 
 def test_an_encoded_event_decodes_to_the_same_fields() -> None:
     draft = EventDraft(
         job_id="job-1",
-        status=Status.FAILURE,
+        status=JobStatus.FAILURE,
         step="saving",
         percent=42.5,
         current=3,
@@ -33,14 +33,19 @@ def test_an_encoded_event_decodes_to_the_same_fields() -> None:
     raw = encode_event(draft, seq=9, attempt=2)
     assert b"\n" not in raw and b"\r" not in raw  # never breaks an SSE data line
     event = decode_event(raw)
-    assert (event.seq, event.attempt, event.status, event.percent) == (9, 2, Status.FAILURE, 42.5)
+    assert (event.seq, event.attempt, event.status, event.percent) == (
+        9,
+        2,
+        JobStatus.FAILURE,
+        42.5,
+    )
     assert event.message == 'line\nbreak\r<script>"'
     assert event.error == ErrorInfo(type="ValueError", message="bad")
     assert event.raw == raw and event.is_terminal
 
 
 def test_lone_surrogates_are_escaped_not_fatal() -> None:
-    raw = encode_event(EventDraft(job_id="j", status=Status.PROGRESS, message="\udcff"), 1, 1)
+    raw = encode_event(EventDraft(job_id="j", status=JobStatus.PROGRESS, message="\udcff"), 1, 1)
     raw.decode("ascii")
     assert decode_event(raw).message == "\udcff"
 
@@ -77,9 +82,9 @@ def test_keys_carry_the_job_id_as_a_hash_tag_and_refuse_bad_ids() -> None:
 
 
 def test_terminal_statuses_have_no_successor() -> None:
-    for status in Status:
+    for status in JobStatus:
         assert (not TRANSITIONS[status]) == status.is_terminal
-    assert json.dumps(Status.PROGRESS) == '"progress"'
+    assert json.dumps(JobStatus.PROGRESS) == '"progress"'
 
 
 class _Text(str):

@@ -8,12 +8,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from workers.event import EventDraft
-from workers.files import FileTooLarge, StoredFile, attach_file, read_file
-from workers.keys import KeySpace
-from workers.publisher import Publisher
-from workers.settings import Settings
-from workers.status import Status
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.files import FileTooLarge, StoredFile, attach_file, read_file
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
 
 
 async def test_a_file_round_trips_with_the_jobs_ttl(
@@ -32,7 +32,7 @@ async def test_a_file_round_trips_with_the_jobs_ttl(
     assert stored == StoredFile(name="report.csv", content_type="text/csv", data=b"a,b\r\n1,2\r\n")
     assert 590 <= sync_redis.ttl(keyspace.job(job).file) <= 600
     Publisher(sync_redis, settings.replace(job_ttl=900)).publish(
-        EventDraft(job_id=job, status=Status.STARTED)
+        EventDraft(job_id=job, status=JobStatus.STARTED)
     )
     assert sync_redis.ttl(keyspace.job(job).file) > 600  # every event refreshes it
 

@@ -11,6 +11,11 @@ from pathlib import Path
 import httpx
 import redis
 
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer, free_port
 from tests.server_support import (
     SSEEvent,
     hub_connections,
@@ -19,11 +24,6 @@ from tests.server_support import (
     publisher,
     running_server,
 )
-from workers.event import EventDraft
-from workers.keys import KeySpace
-from workers.redis_server import RedisServer, free_port
-from workers.settings import Settings
-from workers.status import Status
 
 
 async def test_200_clients_on_20_jobs_share_one_pubsub_connection(
@@ -32,7 +32,7 @@ async def test_200_clients_on_20_jobs_share_one_pubsub_connection(
     pub = publisher(settings)
     jobs = [uuid.uuid4().hex for _ in range(20)]
     for job in jobs:
-        pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     roomy = settings.replace(max_streams_per_client=1000)
     limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
     with running_server(roomy) as server:
@@ -49,7 +49,7 @@ async def test_200_clients_on_20_jobs_share_one_pubsub_connection(
             assert hub_connections(sync_redis, prefix) == 1
             assert all(numsub(sync_redis, keyspace, job) == 1 for job in jobs)
             for job in jobs:
-                pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
 
             async def rest(events: object) -> list[SSEEvent]:
                 return [e async for e in events]  # type: ignore[attr-defined]
@@ -69,13 +69,13 @@ async def _stream_across_restart(tmp_path: Path, *, appendonly: bool) -> list[di
     pub = publisher(settings)
     received: list[dict[str, object]] = []
     try:
-        pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
         with running_server(settings) as server:
             async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
                 url = f"/api/v1/jobs/{job}/events"
                 async with open_sse(client, url) as (_, events):
                     received.append(json.loads((await anext(events)).data))
-                    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=10.0))
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=10.0))
                     received.append(json.loads((await anext(events)).data))
                     first.stop()
                     second = RedisServer(port=port, appendonly=appendonly, directory=str(tmp_path))
@@ -85,10 +85,10 @@ async def _stream_across_restart(tmp_path: Path, *, appendonly: bool) -> list[di
                         if appendonly:  # published before the hub is back: from history
                             for percent in (20.0, 30.0):
                                 draft = EventDraft(
-                                    job_id=job, status=Status.PROGRESS, percent=percent
+                                    job_id=job, status=JobStatus.PROGRESS, percent=percent
                                 )
                                 pub.publish(draft)
-                            pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+                            pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
                         received += [json.loads(e.data) async for e in events]
                         reconnects = server.services.metrics.redis_reconnects._value.get()
                         assert reconnects >= 1
@@ -123,7 +123,7 @@ async def test_a_killed_pubsub_connection_loses_nothing(
 ) -> None:
     pub = publisher(settings)
     job = uuid.uuid4().hex
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     with running_server(settings) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
@@ -132,8 +132,8 @@ async def test_a_killed_pubsub_connection_loses_nothing(
                        if c["name"] == f"progress-hub-{prefix}"]  # fmt: skip
                 sync_redis.client_kill_filter(_id=hub[0]["id"])
                 for percent in range(1, 20):  # some before, some after the hub is back
-                    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=percent))
-                pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
                 rest = [json.loads(e.data)["seq"] async for e in events]
             assert rest == list(range(2, 22))
             assert server.services.metrics.redis_reconnects._value.get() == 1
@@ -145,7 +145,7 @@ async def test_malformed_messages_on_a_channel_are_skipped(
 ) -> None:
     pub = publisher(settings)
     job = uuid.uuid4().hex
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     with running_server(settings) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             async with open_sse(client, f"/api/v1/jobs/{job}/events") as (stream, events):
@@ -153,7 +153,7 @@ async def test_malformed_messages_on_a_channel_are_skipped(
                 channel = keyspace.job(job).channel
                 for junk in (b"not json", b'{"job_id":"other","seq":9}', b'{"a":\n1}'):
                     sync_redis.publish(channel, junk)
-                pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
                 rest = [json.loads(e.data)["seq"] async for e in events]
     assert rest == [2]
     assert b"not json" not in stream.raw

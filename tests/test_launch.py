@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.redis_server import free_port
+from progress_streamer.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

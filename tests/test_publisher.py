@@ -10,19 +10,24 @@ import pytest
 import redis
 import redis.asyncio
 
-from workers.event import EventDraft, EventNotSerializable, EventTooLarge, decode_event
-from workers.history import JobReader, SyncJobReader
-from workers.keys import KeySpace
-from workers.publisher import AsyncPublisher, Publisher
-from workers.settings import Settings
-from workers.status import Status
+from progress_streamer.protocol.event import (
+    EventDraft,
+    EventNotSerializable,
+    EventTooLarge,
+    decode_event,
+)
+from progress_streamer.protocol.history import JobReader, SyncJobReader
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import AsyncPublisher, Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
 
 
 def new_job() -> str:
     return uuid.uuid4().hex
 
 
-def draft(job_id: str, status: Status, **fields: object) -> EventDraft:
+def draft(job_id: str, status: JobStatus, **fields: object) -> EventDraft:
     return EventDraft(job_id=job_id, status=status, **fields)  # type: ignore[arg-type]
 
 
@@ -34,12 +39,12 @@ def test_seq_has_no_gaps_or_repeats_under_concurrent_publishers(
     sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace
 ) -> None:
     job = new_job()
-    Publisher(sync_redis, settings).publish(draft(job, Status.STARTED))
+    Publisher(sync_redis, settings).publish(draft(job, JobStatus.STARTED))
 
     def run() -> None:
         publisher = Publisher(redis.Redis.from_url(settings.redis_url), settings)
         for _ in range(200):
-            publisher.publish(draft(job, Status.PROGRESS, message="x"))
+            publisher.publish(draft(job, JobStatus.PROGRESS, message="x"))
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:
@@ -55,9 +60,9 @@ def test_nothing_is_accepted_after_a_terminal_event(
 ) -> None:
     publisher = Publisher(sync_redis, settings)
     job = new_job()
-    publisher.publish(draft(job, Status.STARTED))
-    assert publisher.publish(draft(job, Status.SUCCESS, result={"ok": True})).accepted
-    for status in (Status.PROGRESS, Status.FAILURE, Status.REVOKED, Status.STARTED):
+    publisher.publish(draft(job, JobStatus.STARTED))
+    assert publisher.publish(draft(job, JobStatus.SUCCESS, result={"ok": True})).accepted
+    for status in (JobStatus.PROGRESS, JobStatus.FAILURE, JobStatus.REVOKED, JobStatus.STARTED):
         outcome = publisher.publish(draft(job, status, attempt=9))
         assert (outcome.accepted, outcome.reason, outcome.seq) == (False, "terminal", 2)
     assert len(history(sync_redis, keyspace, job)) == 2
@@ -68,15 +73,15 @@ def test_illegal_transitions_and_falling_percent_are_refused(
 ) -> None:
     publisher = Publisher(sync_redis, settings)
     job = new_job()
-    assert publisher.publish(draft(job, Status.PENDING)).accepted
-    assert publisher.publish(draft(job, Status.PROGRESS)).reason == "illegal_transition"
-    assert publisher.publish(draft(job, Status.STARTED)).accepted
-    assert publisher.publish(draft(job, Status.PENDING)).reason == "illegal_transition"
-    assert publisher.publish(draft(job, Status.PROGRESS, percent=50.0)).accepted
-    assert publisher.publish(draft(job, Status.PROGRESS, percent=49.5)).reason == (
+    assert publisher.publish(draft(job, JobStatus.PENDING)).accepted
+    assert publisher.publish(draft(job, JobStatus.PROGRESS)).reason == "illegal_transition"
+    assert publisher.publish(draft(job, JobStatus.STARTED)).accepted
+    assert publisher.publish(draft(job, JobStatus.PENDING)).reason == "illegal_transition"
+    assert publisher.publish(draft(job, JobStatus.PROGRESS, percent=50.0)).accepted
+    assert publisher.publish(draft(job, JobStatus.PROGRESS, percent=49.5)).reason == (
         "percent_decreased"
     )
-    assert publisher.publish(draft(job, Status.PROGRESS, percent=50)).accepted
+    assert publisher.publish(draft(job, JobStatus.PROGRESS, percent=50)).accepted
 
 
 def test_a_retry_starts_a_new_attempt_whose_percent_starts_over(
@@ -84,14 +89,14 @@ def test_a_retry_starts_a_new_attempt_whose_percent_starts_over(
 ) -> None:
     publisher = Publisher(sync_redis, settings)
     job = new_job()
-    first = publisher.publish(draft(job, Status.STARTED, attempt=1))
-    publisher.publish(draft(job, Status.PROGRESS, attempt=1, percent=80))
-    second = publisher.publish(draft(job, Status.STARTED, attempt=1))
+    first = publisher.publish(draft(job, JobStatus.STARTED, attempt=1))
+    publisher.publish(draft(job, JobStatus.PROGRESS, attempt=1, percent=80))
+    second = publisher.publish(draft(job, JobStatus.STARTED, attempt=1))
     assert (first.attempt, second.attempt) == (1, 2)
-    assert publisher.publish(draft(job, Status.PROGRESS, attempt=1, percent=90)).reason == (
+    assert publisher.publish(draft(job, JobStatus.PROGRESS, attempt=1, percent=90)).reason == (
         "stale_attempt"
     )
-    assert publisher.publish(draft(job, Status.PROGRESS, attempt=2, percent=10)).accepted
+    assert publisher.publish(draft(job, JobStatus.PROGRESS, attempt=2, percent=10)).accepted
 
 
 def test_history_is_trimmed_to_its_bound(
@@ -99,9 +104,9 @@ def test_history_is_trimmed_to_its_bound(
 ) -> None:
     publisher = Publisher(sync_redis, settings.replace(history=5))
     job = new_job()
-    publisher.publish(draft(job, Status.STARTED))
+    publisher.publish(draft(job, JobStatus.STARTED))
     for i in range(20):
-        publisher.publish(draft(job, Status.PROGRESS, percent=float(i)))
+        publisher.publish(draft(job, JobStatus.PROGRESS, percent=float(i)))
     assert [decode_event(raw).seq for raw in history(sync_redis, keyspace, job)] == [
         17, 18, 19, 20, 21,
     ]  # fmt: skip
@@ -114,7 +119,7 @@ def test_every_key_of_the_job_gets_the_ttl(
     job = new_job()
     keys = keyspace.job(job)
     sync_redis.hset(keys.file, "name", "report.csv")
-    publisher.publish(draft(job, Status.STARTED))
+    publisher.publish(draft(job, JobStatus.STARTED))
     for key in keys.all_keys:
         assert 770 <= sync_redis.ttl(key) <= 777, key
 
@@ -128,9 +133,9 @@ def test_snapshot_is_the_last_event_byte_for_byte_as_published(
     pubsub = sync_redis.pubsub()
     pubsub.subscribe(keys.channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
-    publisher.publish(draft(job, Status.STARTED))
+    publisher.publish(draft(job, JobStatus.STARTED))
     publisher.publish(
-        draft(job, Status.PROGRESS, percent=75.0, step="rendering", current=3, total=4)
+        draft(job, JobStatus.PROGRESS, percent=75.0, step="rendering", current=3, total=4)
     )
     published = [pubsub.get_message(timeout=5)["data"] for _ in range(2)]  # type: ignore[index]
     pubsub.close()
@@ -144,8 +149,8 @@ def test_snapshot_is_the_last_event_byte_for_byte_as_published(
 def test_results_keep_their_json_shape(sync_redis: redis.Redis, settings: Settings) -> None:
     publisher = Publisher(sync_redis, settings)
     job = new_job()
-    publisher.publish(draft(job, Status.STARTED))
-    publisher.publish(draft(job, Status.SUCCESS, result={"rows": [], "ratio": 1.0, "m": {}}))
+    publisher.publish(draft(job, JobStatus.STARTED))
+    publisher.publish(draft(job, JobStatus.SUCCESS, result={"rows": [], "ratio": 1.0, "m": {}}))
     raw = SyncJobReader(sync_redis).snapshot(KeySpace(settings.key_prefix).job(job))
     assert raw is not None
     assert b'"result":{"rows":[],"ratio":1.0,"m":{}}' in raw.raw
@@ -154,9 +159,9 @@ def test_results_keep_their_json_shape(sync_redis: redis.Redis, settings: Settin
 def test_script_is_reloaded_after_script_flush(sync_redis: redis.Redis, settings: Settings) -> None:
     publisher = Publisher(sync_redis, settings)
     job = new_job()
-    publisher.publish(draft(job, Status.STARTED))
+    publisher.publish(draft(job, JobStatus.STARTED))
     sync_redis.script_flush()
-    assert publisher.publish(draft(job, Status.PROGRESS)).seq == 2
+    assert publisher.publish(draft(job, JobStatus.PROGRESS)).seq == 2
 
 
 def test_oversized_and_unencodable_events_are_refused_before_redis(
@@ -165,13 +170,13 @@ def test_oversized_and_unencodable_events_are_refused_before_redis(
     publisher = Publisher(sync_redis, settings.replace(max_event_bytes=1024))
     job = new_job()
     with pytest.raises(EventTooLarge, match="PROGRESS_MAX_EVENT_BYTES"):
-        publisher.publish(draft(job, Status.PROGRESS, message="x" * 2000))
+        publisher.publish(draft(job, JobStatus.PROGRESS, message="x" * 2000))
     with pytest.raises(EventNotSerializable):
-        publisher.publish(draft(job, Status.SUCCESS, result={"when": object()}))
+        publisher.publish(draft(job, JobStatus.SUCCESS, result={"when": object()}))
     with pytest.raises(EventNotSerializable):
-        publisher.publish(draft(job, Status.SUCCESS, result=float("nan")))
+        publisher.publish(draft(job, JobStatus.SUCCESS, result=float("nan")))
     with pytest.raises(ValueError, match="percent"):
-        publisher.publish(draft(job, Status.PROGRESS, percent=101))
+        publisher.publish(draft(job, JobStatus.PROGRESS, percent=101))
     assert not sync_redis.exists(*keyspace.job(job).all_keys)
 
 
@@ -180,10 +185,10 @@ def test_the_sweeper_condition_wins_only_over_an_expired_lease(
 ) -> None:
     publisher = Publisher(sync_redis, settings.replace(lease_seconds=30))
     job = new_job()
-    publisher.publish(draft(job, Status.STARTED), lease_seconds=30)
-    lost = draft(job, Status.FAILURE)
+    publisher.publish(draft(job, JobStatus.STARTED), lease_seconds=30)
+    lost = draft(job, JobStatus.FAILURE)
     assert publisher.publish(lost, condition="lease_expired").reason == "lease_active"
-    publisher.publish(draft(job, Status.PROGRESS), lease_seconds=-1)  # lease now in the past
+    publisher.publish(draft(job, JobStatus.PROGRESS), lease_seconds=-1)  # lease now in the past
     assert publisher.publish(lost, condition="lease_expired").accepted
 
 
@@ -192,12 +197,12 @@ def test_touch_lease_indexes_running_jobs_and_forgets_finished_ones(
 ) -> None:
     publisher = Publisher(sync_redis, settings)
     job = new_job()
-    publisher.publish(draft(job, Status.STARTED))
+    publisher.publish(draft(job, JobStatus.STARTED))
     deadline = publisher.touch_lease(job, attempt=1)
     assert deadline is not None
     assert sync_redis.zscore(keyspace.leases, job) == pytest.approx(deadline)
     assert publisher.touch_lease(job, attempt=2) is None  # another attempt runs
-    publisher.publish(draft(job, Status.SUCCESS))
+    publisher.publish(draft(job, JobStatus.SUCCESS))
     assert publisher.touch_lease(job, attempt=1) is None
     assert sync_redis.zscore(keyspace.leases, job) is None
 
@@ -210,9 +215,9 @@ async def test_async_publisher_and_reader_share_the_script(
     job = new_job()
     keys = keyspace.job(job)
     assert await reader.events_since(keys, None) is None
-    await publisher.publish(draft(job, Status.STARTED))
+    await publisher.publish(draft(job, JobStatus.STARTED))
     for percent in (10, 20, 30, 40):
-        await publisher.publish(draft(job, Status.PROGRESS, percent=percent))
+        await publisher.publish(draft(job, JobStatus.PROGRESS, percent=percent))
     since = await reader.events_since(keys, 3)
     assert since is not None and not since.from_snapshot
     assert [e.seq for e in since.events] == [4, 5]

@@ -18,12 +18,12 @@ import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
-from app.tokens import JOB_SALT, WATCH_SALT, job_signer, watch_signer
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.web.tokens import JOB_SALT, WATCH_SALT, job_signer, watch_signer
 from tests.reliability_support import report
 from tests.server_support import FakeRunner, ServerThread, publisher, read_all, running_server
-from workers.event import EventDraft
-from workers.settings import Settings
-from workers.status import Status
 
 SECRET = "auth-secret-0123456789-0123456789abcdef"
 
@@ -65,7 +65,7 @@ async def test_every_endpoint_refuses_bad_tokens_identically_for_known_and_unkno
     pub = publisher(secured)
     known, other = uuid.uuid4().hex, uuid.uuid4().hex
     for job in (known, other):
-        pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     pub.redis.close()
     unknown = uuid.uuid4().hex
     jobs, watches = job_signer(secured), watch_signer(secured)

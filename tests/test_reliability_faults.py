@@ -25,8 +25,12 @@ import httpx
 import pytest
 import redis
 
-from app.hub import HEALTH_SECONDS, READ_TIMEOUT
-from app.main import REDIS_TIMEOUT
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer, free_port
+from progress_streamer.web.app import REDIS_TIMEOUT
+from progress_streamer.web.streaming.hub import HEALTH_SECONDS, READ_TIMEOUT
 from tests.reliability_support import (
     Blackhole,
     RawStream,
@@ -39,10 +43,6 @@ from tests.reliability_support import (
     web_process,
 )
 from tests.server_support import publisher
-from workers.event import EventDraft
-from workers.redis_server import RedisServer, free_port
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +73,8 @@ async def test_a_frozen_then_restarted_redis(aof_redis: RedisServer, tmp_path: P
     job, later = uuid.uuid4().hex, uuid.uuid4().hex
     pub = publisher(settings)
     for j in (job, later):
-        pub.publish(EventDraft(job_id=j, status=Status.STARTED))
-    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=10.0))
+        pub.publish(EventDraft(job_id=j, status=JobStatus.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=10.0))
     assert aof_redis.process is not None
     redis_pid = aof_redis.process.pid
     figures: dict[str, float] = {}
@@ -147,9 +147,9 @@ async def _is(http: httpx.AsyncClient, url: str, status: int) -> bool:
 
 def _finish(settings: Settings, job: str) -> None:
     local = publisher(settings)
-    local.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=50.0))
-    local.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=90.0))
-    local.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+    local.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=50.0))
+    local.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=90.0))
+    local.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
     local.redis.close()
 
 
@@ -200,7 +200,7 @@ async def test_a_silently_dead_network_path_to_redis(settings: Settings) -> None
     port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
     job = uuid.uuid4().hex
     pub = publisher(settings)
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     figures: dict[str, float] = {}
     with Blackhole(port) as path, web_process(settings.replace(redis_url=path.url)) as web:
         async with httpx.AsyncClient(base_url=web.url, timeout=30) as http:
@@ -210,7 +210,7 @@ async def test_a_silently_dead_network_path_to_redis(settings: Settings) -> None
             reading = asyncio.create_task(stream.read_to_end())
             path.cut()
             cut = time.monotonic()
-            pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=20.0))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=20.0))
 
             async def hub_noticed() -> bool:
                 return (await web.metrics(http))["progress_redis_reconnects_total"] >= 1
@@ -221,7 +221,7 @@ async def test_a_silently_dead_network_path_to_redis(settings: Settings) -> None
             await until(lambda: path.accepted > accepted, 5, "a reconnect attempt in the cut")
             path.restore()
             restored = time.monotonic()
-            pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
             bound = 2 * HEALTH_SECONDS + SLACK
             await asyncio.wait_for(reading, bound)
             figures["terminal_after_restore_s"] = time.monotonic() - restored
@@ -244,7 +244,7 @@ async def test_more_streams_than_the_cap_get_503_while_the_api_answers(
     raise_open_files()
     job = uuid.uuid4().hex
     pub = publisher(settings)
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     pub.redis.close()
     env = {"PROGRESS_MAX_STREAMS": str(CAP), "PROGRESS_MAX_STREAMS_PER_CLIENT": "5000"}
     path = f"/api/v1/jobs/{job}/events"
@@ -304,14 +304,14 @@ async def test_sigterm_with_500_streams_then_every_client_resumes_elsewhere(
     jobs = [uuid.uuid4().hex for _ in range(JOBS)]
     pub = publisher(settings)
     for j in jobs:
-        pub.publish(EventDraft(job_id=j, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=j, status=JobStatus.STARTED))
     stop = threading.Event()
 
     def keep_publishing() -> None:
         local = publisher(settings)
         i = 0
         while not stop.wait(0.002):
-            local.publish(EventDraft(job_id=jobs[i % JOBS], status=Status.PROGRESS, message="p"))
+            local.publish(EventDraft(job_id=jobs[i % JOBS], status=JobStatus.PROGRESS, message="p"))
             i += 1
         local.redis.close()
 
@@ -362,7 +362,7 @@ async def test_sigterm_with_500_streams_then_every_client_resumes_elsewhere(
             stop.set()
             ticker.join()
             for j in jobs:
-                pub.publish(EventDraft(job_id=j, status=Status.SUCCESS))
+                pub.publish(EventDraft(job_id=j, status=JobStatus.SUCCESS))
             await asyncio.wait_for(asyncio.gather(*readers), 30)
             for s in resumed:
                 await s.close()

@@ -28,7 +28,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from app.tokens import job_signer, watch_signer
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.web.tokens import job_signer, watch_signer
 from tests.reliability_support import report
 from tests.server_support import (
     FakeRunner,
@@ -38,9 +41,6 @@ from tests.server_support import (
     publisher,
     running_server,
 )
-from workers.event import EventDraft
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = pytest.mark.slow
 
@@ -303,8 +303,8 @@ def test_fuzzed_requests_never_5xx_never_leak_never_reach_redis_unvalidated(
     server, settings = live
     pub = publisher(settings)
     running, finished = uuid.uuid4().hex, uuid.uuid4().hex
-    pub.publish(EventDraft(job_id=running, status=Status.STARTED))
-    for status in (Status.STARTED, Status.PROGRESS, Status.SUCCESS):
+    pub.publish(EventDraft(job_id=running, status=JobStatus.STARTED))
+    for status in (JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.SUCCESS):
         pub.publish(EventDraft(job_id=finished, status=status, percent=None))
     pub.redis.close()
     signer = job_signer(settings)
@@ -387,9 +387,11 @@ def test_event_payloads_never_break_sse_framing(settings: Settings) -> None:
             nonlocal tried
             tried += 1
             job = uuid.uuid4().hex
-            pub.publish(EventDraft(job_id=job, status=Status.STARTED))
-            pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, message=message, step=step))
-            pub.publish(EventDraft(job_id=job, status=Status.FAILURE, message=message))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+            pub.publish(
+                EventDraft(job_id=job, status=JobStatus.PROGRESS, message=message, step=step)
+            )
+            pub.publish(EventDraft(job_id=job, status=JobStatus.FAILURE, message=message))
             response = client.get(f"/api/v1/jobs/{job}/events", headers={"Last-Event-ID": "1"})
             raw = response.content
             raw.decode("utf-8")  # valid UTF-8, whatever the text was

@@ -20,6 +20,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
 from tests.reliability_support import (
     RawStream,
     WebProcess,
@@ -31,10 +35,6 @@ from tests.reliability_support import (
     web_process,
 )
 from tests.server_support import publisher
-from workers.event import EventDraft
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = pytest.mark.slow
 
@@ -89,17 +89,17 @@ async def test_500_jobs_finishing_within_ms_each_watched_from_that_moment(
     pub = publisher(module_settings)
     jobs = [uuid.uuid4().hex for _ in range(500)]
     for job in jobs:
-        pub.publish(EventDraft(job_id=job, status=Status.PENDING))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.PENDING))
     pub.redis.close()
-    queues: list[queue.SimpleQueue[tuple[str, Status] | None]] = [
+    queues: list[queue.SimpleQueue[tuple[str, JobStatus] | None]] = [
         queue.SimpleQueue() for _ in range(4)
     ]
 
-    def publish_in_order(inbox: queue.SimpleQueue[tuple[str, Status] | None]) -> None:
+    def publish_in_order(inbox: queue.SimpleQueue[tuple[str, JobStatus] | None]) -> None:
         local = publisher(module_settings)
         while (item := inbox.get()) is not None:
             job, status = item
-            percent = 50.0 if status is Status.PROGRESS else None
+            percent = 50.0 if status is JobStatus.PROGRESS else None
             local.publish(EventDraft(job_id=job, status=status, percent=percent))
         local.redis.close()
 
@@ -120,7 +120,7 @@ async def test_500_jobs_finishing_within_ms_each_watched_from_that_moment(
         # out at random moments within ~0.25 s, about the time the server takes to answer
         # (one publishing thread per job keeps their order).
         at = 0.0
-        for status in (Status.STARTED, Status.PROGRESS, Status.SUCCESS):
+        for status in (JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.SUCCESS):
             at += rng.uniform(0, 0.08)
             loop.call_later(at, queues[index % 4].put, (job, status))
         try:
@@ -166,7 +166,7 @@ async def test_100_clients_joining_at_random_moments_while_4_publishers_run(
     jobs = [uuid.uuid4().hex for _ in range(4)]
     pub = publisher(module_settings)
     for job in jobs:
-        pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     pub.redis.close()
     go = threading.Event()
 
@@ -174,10 +174,10 @@ async def test_100_clients_joining_at_random_moments_while_4_publishers_run(
         local = publisher(module_settings)
         go.wait(10)
         for i in range(300):
-            local.publish(EventDraft(job_id=job, status=Status.PROGRESS, message=f"m{i}"))
+            local.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, message=f"m{i}"))
             if i % 10 == 0:
                 time.sleep(0.01)  # pacing: the burst lasts long enough for clients to join
-        local.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+        local.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
         local.redis.close()
 
     threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
@@ -259,8 +259,8 @@ async def test_after_the_terminal_an_eventsource_makes_one_more_request_answered
 ) -> None:
     pub = publisher(module_settings)
     live, done = uuid.uuid4().hex, uuid.uuid4().hex
-    pub.publish(EventDraft(job_id=live, status=Status.STARTED))
-    for status in (Status.STARTED, Status.FAILURE):
+    pub.publish(EventDraft(job_id=live, status=JobStatus.STARTED))
+    for status in (JobStatus.STARTED, JobStatus.FAILURE):
         pub.publish(EventDraft(job_id=done, status=status))
     clients = [
         EventSourceClient(web.port, f"/api/v1/jobs/{live}/events"),
@@ -281,8 +281,8 @@ async def test_after_the_terminal_an_eventsource_makes_one_more_request_answered
 
         await until(all_streaming, 10, "the live streams are open")
         for percent in (10.0, 60.0):
-            pub.publish(EventDraft(job_id=live, status=Status.PROGRESS, percent=percent))
-        pub.publish(EventDraft(job_id=live, status=Status.SUCCESS))
+            pub.publish(EventDraft(job_id=live, status=JobStatus.PROGRESS, percent=percent))
+        pub.publish(EventDraft(job_id=live, status=JobStatus.SUCCESS))
         await asyncio.wait_for(asyncio.gather(*runs), 30)
     pub.redis.close()
     for c in clients:

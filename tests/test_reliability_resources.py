@@ -24,7 +24,12 @@ import httpx
 import pytest
 import redis
 
-from app.main import REDIS_POOL_SIZE
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
+from progress_streamer.web.app import REDIS_POOL_SIZE
 from tests.reliability_support import (
     RawStream,
     WebProcess,
@@ -36,11 +41,6 @@ from tests.reliability_support import (
     web_process,
 )
 from tests.server_support import publisher
-from workers.event import EventDraft
-from workers.keys import KeySpace
-from workers.redis_server import RedisServer
-from workers.settings import Settings
-from workers.status import Status
 
 pytestmark = pytest.mark.slow
 
@@ -125,16 +125,16 @@ async def test_1000_vanishing_clients_leave_nothing_behind(
     settings = own_settings
     running, replayed = uuid.uuid4().hex, uuid.uuid4().hex
     pub = publisher(settings)
-    pub.publish(EventDraft(job_id=running, status=Status.STARTED))
-    pub.publish(EventDraft(job_id=replayed, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=running, status=JobStatus.STARTED))
+    pub.publish(EventDraft(job_id=replayed, status=JobStatus.STARTED))
     for i in range(999):  # a 1,000-event history, ~0.25 MB to replay
-        pub.publish(EventDraft(job_id=replayed, status=Status.PROGRESS, message=f"{i}" * 40))
+        pub.publish(EventDraft(job_id=replayed, status=JobStatus.PROGRESS, message=f"{i}" * 40))
     stop = threading.Event()
 
     def keep_publishing() -> None:
         local = publisher(settings)
         while not stop.wait(0.005):
-            local.publish(EventDraft(job_id=running, status=Status.PROGRESS, message="tick"))
+            local.publish(EventDraft(job_id=running, status=JobStatus.PROGRESS, message="tick"))
         local.redis.close()
 
     client = redis.Redis.from_url(settings.redis_url)
@@ -211,7 +211,7 @@ async def test_a_frozen_client_is_dropped_without_hurting_anyone(
     heavy, light = uuid.uuid4().hex, uuid.uuid4().hex
     pub = publisher(settings)
     for job in (heavy, light):
-        pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     client = redis.Redis.from_url(settings.redis_url)
     # Tighter than Redis's default (32mb 8mb 60): the hub must keep reading, whoever stalls.
     client.config_set("client-output-buffer-limit", OUTPUT_BUFFER_LIMIT)
@@ -278,22 +278,22 @@ async def _frozen_client_scenario(
             local.publish(
                 EventDraft(
                     job_id=heavy,
-                    status=Status.PROGRESS,
+                    status=JobStatus.PROGRESS,
                     message=FROZEN_MESSAGE,
                     current=i,
                     total=FROZEN_EVENTS,
                 )
             )
             time.sleep(FLOOD_PAUSE)  # pacing the workload, not waiting for anything
-        local.publish(EventDraft(job_id=heavy, status=Status.SUCCESS))
+        local.publish(EventDraft(job_id=heavy, status=JobStatus.SUCCESS))
         done.set()
         local.redis.close()
 
     def probe() -> None:
         local = publisher(settings)
         while not done.wait(0.02):
-            local.publish(EventDraft(job_id=light, status=Status.PROGRESS, message="probe"))
-        local.publish(EventDraft(job_id=light, status=Status.SUCCESS))
+            local.publish(EventDraft(job_id=light, status=JobStatus.PROGRESS, message="probe"))
+        local.publish(EventDraft(job_id=light, status=JobStatus.SUCCESS))
         local.redis.close()
 
     started = time.monotonic()

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis
 
+from progress_streamer.redis_server import RedisServer
 from tests.celery_support import Worker, running_worker
 from tests.reliability_support import report, until
 from tests.server_support import numsub, open_sse, running_server
-from workers.redis_server import RedisServer
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.settings import VARIABLE_NAMES, Settings, SettingsError
+from progress_streamer.protocol.settings import VARIABLE_NAMES, Settings, SettingsError
 
 SPEC_VARIABLES = {
     "REDIS_URL", "CELERY_BROKER_URL", "PORT", "PROGRESS_AUTH", "PROGRESS_SECRET",

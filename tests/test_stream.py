@@ -12,6 +12,11 @@ import httpx
 import pytest
 import redis
 
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
 from tests.server_support import (
     ServerThread,
     eventually,
@@ -21,11 +26,6 @@ from tests.server_support import (
     read_all,
     running_server,
 )
-from workers.event import EventDraft
-from workers.keys import KeySpace
-from workers.publisher import Publisher
-from workers.settings import Settings
-from workers.status import Status
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def pub(settings: Settings) -> Iterator[Publisher]:
     p.redis.close()
 
 
-def new_job(pub: Publisher, *statuses: Status) -> str:
+def new_job(pub: Publisher, *statuses: JobStatus) -> str:
     job = uuid.uuid4().hex
     for status in statuses:
         pub.publish(EventDraft(job_id=job, status=status))
@@ -53,7 +53,7 @@ def seqs(stream: object) -> list[int]:
 
 
 async def test_snapshot_then_live_events_then_the_end(server: ServerThread, pub: Publisher) -> None:
-    job = new_job(pub, Status.PENDING, Status.STARTED)
+    job = new_job(pub, JobStatus.PENDING, JobStatus.STARTED)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         async with open_sse(client, f"/api/v1/jobs/{job}/events") as (stream, events):
             response = stream.response
@@ -66,11 +66,11 @@ async def test_snapshot_then_live_events_then_the_end(server: ServerThread, pub:
             first = await anext(events)
             assert stream.raw.startswith(b"retry: 2000\n")
             assert (first.id, json.loads(first.data)["status"]) == ("2", "started")
-            pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=75.0))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=75.0))
             second = await anext(events)
             assert second.event == "message" and second.id == "3"
             assert '"percent":75.0' in second.data
-            pub.publish(EventDraft(job_id=job, status=Status.SUCCESS, result={"ok": 1}))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result={"ok": 1}))
             rest = [e async for e in events]
     assert [e.id for e in rest] == ["4"]
     assert stream.ended and stream.raw.endswith(b"\n\n")
@@ -80,7 +80,7 @@ async def test_snapshot_then_live_events_then_the_end(server: ServerThread, pub:
 async def test_a_job_finished_before_the_client_came_still_ends_its_stream(
     server: ServerThread, pub: Publisher
 ) -> None:
-    job = new_job(pub, Status.PENDING, Status.STARTED, Status.SUCCESS)
+    job = new_job(pub, JobStatus.PENDING, JobStatus.STARTED, JobStatus.SUCCESS)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         stream = await read_all(client, f"/api/v1/jobs/{job}/events")
     assert seqs(stream) == [3]
@@ -90,7 +90,7 @@ async def test_a_job_finished_before_the_client_came_still_ends_its_stream(
 async def test_204_for_a_reconnect_at_or_past_the_terminal(
     server: ServerThread, pub: Publisher
 ) -> None:
-    job = new_job(pub, Status.STARTED, Status.FAILURE)
+    job = new_job(pub, JobStatus.STARTED, JobStatus.FAILURE)
     url = f"/api/v1/jobs/{job}/events"
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         for last in ("2", "9"):
@@ -107,10 +107,10 @@ async def test_resume_replays_retained_events_and_bad_ids_get_the_snapshot(
     server: ServerThread, settings: Settings
 ) -> None:
     pub = publisher(settings.replace(history=5))
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     for percent in range(1, 10):
-        pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=float(percent)))
-    pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=float(percent)))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
     pub.redis.close()
     url = f"/api/v1/jobs/{job}/events"
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -122,7 +122,7 @@ async def test_resume_replays_retained_events_and_bad_ids_get_the_snapshot(
 async def test_no_event_lost_or_repeated_across_reconnects_while_publishing(
     server: ServerThread, pub: Publisher
 ) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     url = f"/api/v1/jobs/{job}/events"
     received: list[int] = []
     last: str | None = None
@@ -132,12 +132,12 @@ async def test_no_event_lost_or_repeated_across_reconnects_while_publishing(
                 async for event in events:
                     received.append(int(event.id or 0))
                     last = event.id
-                    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, message="x"))
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, message="x"))
                     if len(received) % 7 == 0:
                         break
             # published while nobody listens
-            pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, message=str(round_)))
-        pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, message=str(round_)))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
         stream = await read_all(client, url, last_event_id=last)
     received += seqs(stream)
     assert received == list(range(1, received[-1] + 1))
@@ -155,7 +155,7 @@ async def test_unknown_and_malformed_job_ids_get_a_json_404(server: ServerThread
 async def test_a_disconnect_releases_the_subscription(
     server: ServerThread, pub: Publisher, sync_redis: redis.Redis, keyspace: KeySpace
 ) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
             await anext(events)
@@ -169,7 +169,7 @@ async def test_a_disconnect_releases_the_subscription(
 async def test_head_answers_the_headers_and_holds_nothing_open(
     server: ServerThread, pub: Publisher, sync_redis: redis.Redis, keyspace: KeySpace
 ) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         response = await client.head(f"/api/v1/jobs/{job}/events")
     assert response.status_code == 200
@@ -181,7 +181,7 @@ async def test_head_answers_the_headers_and_holds_nothing_open(
 async def test_quiet_streams_get_pings_and_end_after_their_lifetime(
     settings: Settings, pub: Publisher
 ) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     quick = settings.replace(ping_seconds=0.2, max_stream_seconds=1.0)
     with running_server(quick) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -194,7 +194,7 @@ async def test_quiet_streams_get_pings_and_end_after_their_lifetime(
 async def test_the_stream_cap_answers_503_while_the_api_keeps_answering(
     settings: Settings, pub: Publisher
 ) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     with running_server(settings.replace(max_streams=3)) as server:
         url = f"/api/v1/jobs/{job}/events"
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -213,7 +213,7 @@ async def test_the_stream_cap_answers_503_while_the_api_keeps_answering(
 
 
 async def test_the_per_client_cap_answers_503(settings: Settings, pub: Publisher) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     with running_server(settings.replace(max_streams_per_client=1)) as server:
         url = f"/api/v1/jobs/{job}/events"
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -224,10 +224,10 @@ async def test_the_per_client_cap_answers_503(settings: Settings, pub: Publisher
 
 
 async def test_event_text_cannot_forge_frames(server: ServerThread, pub: Publisher) -> None:
-    job = new_job(pub, Status.STARTED)
+    job = new_job(pub, JobStatus.STARTED)
     forged = "a\r\n\r\nevent: success\ndata: pwned\n\n\udcff"
-    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, message=forged))
-    pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, message=forged))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         stream = await read_all(client, f"/api/v1/jobs/{job}/events", last_event_id="1")
     assert [e.event for e in stream.events] == ["message", "message"]
@@ -240,14 +240,14 @@ async def test_clients_joining_mid_burst_see_every_seq_once_in_order(
 ) -> None:
     job = uuid.uuid4().hex
     pub = publisher(settings)
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     go = threading.Event()
 
     def burst() -> None:
         go.wait(10)
         for _ in range(400):
-            pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, message="m"))
-        pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, message="m"))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
 
     thread = threading.Thread(target=burst)
     thread.start()

@@ -1,4 +1,4 @@
-"""Frames written straight to the socket by the fan-out (`app/direct_write.py`), and the
+"""Frames written straight to the socket by the fan-out (`streaming/direct_writer.py`), and the
 plain ASGI path the stream falls back to under other servers: same bytes, same order."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
 from tests.server_support import eventually, publisher, running_server
-from workers.event import EventDraft
-from workers.publisher import Publisher
-from workers.settings import Settings
-from workers.status import Status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def pub(settings: Settings) -> Iterator[Publisher]:
 
 def started_job(pub: Publisher) -> str:
     job = uuid.uuid4().hex
-    pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     return job
 
 
@@ -61,8 +61,8 @@ async def test_a_stream_is_the_same_whether_frames_go_direct_or_through_asgi(
                 # Only the Procfile's protocol writes straight to the socket.
                 assert (subs[0].sink is not None) == (http == "httptools")
                 for percent in range(1, 51):
-                    pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, percent=percent))
-                pub.publish(EventDraft(job_id=job, status=Status.SUCCESS, result=1))
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result=1))
                 rest = [line async for line in lines]
     ids = [int(line[4:]) for line in rest if line.startswith("id: ")]
     assert ids == list(range(1, 53))  # the snapshot, 50 progress events, the end
@@ -100,8 +100,8 @@ async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
         for index in range(events):
             if index == 700:
                 stalled.wait(10)  # the backlog has formed: go on while the client reads
-            pub.publish(EventDraft(job_id=job, status=Status.PROGRESS, message="x" * 8000))
-        pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, message="x" * 8000))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
 
     with running_server(settings.replace(client_queue=10_000)) as server:
         sock = socket.socket()

@@ -10,15 +10,15 @@ import pytest
 import redis
 import redis.asyncio
 
-from workers.event import EventDraft
-from workers.history import SyncJobReader
-from workers.keys import KeySpace
-from workers.lease import LeaseHeartbeat
-from workers.publisher import Publisher
-from workers.redis_server import free_port
-from workers.settings import Settings
-from workers.status import Status
-from workers.sweeper import LeaseSweeper
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.history import SyncJobReader
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.lease import LeaseHeartbeat
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.sweeper import LeaseSweeper
+from progress_streamer.redis_server import free_port
 
 
 def new_job() -> str:
@@ -26,7 +26,7 @@ def new_job() -> str:
 
 
 def start(publisher: Publisher, job: str, lease: float) -> None:
-    publisher.publish(EventDraft(job_id=job, status=Status.STARTED), lease_seconds=lease)
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED), lease_seconds=lease)
     publisher.redis.zadd(publisher.keyspace.leases, {job: 0 if lease < 0 else 4e9})
 
 
@@ -63,7 +63,7 @@ async def test_an_active_lease_is_left_alone_and_its_stale_index_fixed(
 ) -> None:
     publisher = Publisher(sync_redis, lease_settings)
     job = new_job()
-    publisher.publish(EventDraft(job_id=job, status=Status.STARTED), lease_seconds=30)
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED), lease_seconds=30)
     sync_redis.zadd(keyspace.leases, {job: 1.0})  # the index says long expired
 
     assert await LeaseSweeper(async_redis, lease_settings).sweep_once() == []
@@ -82,7 +82,7 @@ async def test_finished_gone_and_invalid_members_leave_the_index(
     publisher = Publisher(sync_redis, lease_settings)
     done, gone = new_job(), new_job()
     start(publisher, done, lease=-1)
-    publisher.publish(EventDraft(job_id=done, status=Status.SUCCESS))
+    publisher.publish(EventDraft(job_id=done, status=JobStatus.SUCCESS))
     sync_redis.zadd(keyspace.leases, {done: 1.0, gone: 1.0, "not a job id!": 1.0})
 
     assert await LeaseSweeper(async_redis, lease_settings).sweep_once() == []
@@ -100,7 +100,7 @@ async def test_a_heartbeat_keeps_the_sweeper_away_until_it_stops(
 ) -> None:
     publisher = Publisher(sync_redis, lease_settings)
     job = new_job()
-    outcome = publisher.publish(EventDraft(job_id=job, status=Status.STARTED), lease_seconds=1)
+    outcome = publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED), lease_seconds=1)
     heartbeat = LeaseHeartbeat(publisher, job, outcome.attempt).start()
     stop = asyncio.Event()
     run = asyncio.create_task(LeaseSweeper(async_redis, lease_settings).run(stop))
@@ -131,8 +131,8 @@ def test_a_heartbeat_stops_by_itself_once_the_job_is_over(
 ) -> None:
     publisher = Publisher(sync_redis, lease_settings)
     job = new_job()
-    publisher.publish(EventDraft(job_id=job, status=Status.STARTED))
-    publisher.publish(EventDraft(job_id=job, status=Status.REVOKED))
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.REVOKED))
     heartbeat = LeaseHeartbeat(publisher, job, 1, interval=0.01).start()
     assert heartbeat._thread is None  # the first touch saw the job was over
     assert sync_redis.zscore(keyspace.leases, job) is None
@@ -143,7 +143,7 @@ async def test_run_survives_redis_errors_and_stops_when_asked(
 ) -> None:
     client = redis.asyncio.Redis(port=free_port(), socket_connect_timeout=0.2)
     stop = asyncio.Event()
-    with caplog.at_level(logging.WARNING, logger="workers.sweeper"):
+    with caplog.at_level(logging.WARNING, logger="progress_streamer.protocol.sweeper"):
         run = asyncio.create_task(LeaseSweeper(client, lease_settings).run(stop))
         for _ in range(250):
             if any("lease sweep failed" in r.getMessage() for r in caplog.records):

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from workers.throttle import AsyncProgressThrottle, ProgressThrottle, Report
+from progress_streamer.protocol.throttle import AsyncProgressThrottle, ProgressThrottle, Report
 
 
 class Recorder:

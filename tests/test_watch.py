@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from app.tokens import mint_token
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.web.tokens import mint_token
 from tests.server_support import ServerThread, open_sse, publisher, read_all, running_server
-from workers.event import EventDraft
-from workers.publisher import Publisher
-from workers.settings import Settings
-from workers.status import Status
 
 SECRET = "watch-secret-0123456789-0123456789abcdef"
 
@@ -46,7 +46,7 @@ def pub(settings: Settings) -> Iterator[Publisher]:
 def started_jobs(pub: Publisher, n: int) -> list[str]:
     jobs = [uuid.uuid4().hex for _ in range(n)]
     for job in jobs:
-        pub.publish(EventDraft(job_id=job, status=Status.STARTED))
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     return jobs
 
 
@@ -67,13 +67,13 @@ async def test_one_stream_for_many_jobs_with_a_cursor(
     async with open_sse(client, url) as (_, events):
         snapshot = [await anext(events) for _ in range(3)]
         assert [e.id for e in snapshot] == ["1.0.0", "1.1.0", "1.1.1"]
-        pub.publish(EventDraft(job_id=b, status=Status.SUCCESS))
+        pub.publish(EventDraft(job_id=b, status=JobStatus.SUCCESS))
         assert (await anext(events)).id == "1.2.1"
-        pub.publish(EventDraft(job_id=a, status=Status.PROGRESS, percent=5.0))
+        pub.publish(EventDraft(job_id=a, status=JobStatus.PROGRESS, percent=5.0))
         assert (await anext(events)).id == "2.2.1"
     # Resume after job a's seq 1: its seq 2 is replayed, b is done, c has nothing new.
-    pub.publish(EventDraft(job_id=c, status=Status.REVOKED))
-    pub.publish(EventDraft(job_id=a, status=Status.FAILURE))
+    pub.publish(EventDraft(job_id=c, status=JobStatus.REVOKED))
+    pub.publish(EventDraft(job_id=a, status=JobStatus.FAILURE))
     stream = await read_all(client, url, last_event_id="1.2.1")
     got = [(json.loads(e.data)["job_id"], json.loads(e.data)["seq"], e.id) for e in stream.events]
     assert got == [(a, 2, "2.2.1"), (a, 3, "3.2.1"), (c, 2, "3.2.2")]
@@ -122,7 +122,7 @@ async def test_a_watch_of_100_jobs_ends_after_every_terminal(
         for _ in range(100):
             await anext(events)
         for job in jobs:
-            pub.publish(EventDraft(job_id=job, status=Status.SUCCESS))
+            pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
         rest = [json.loads(e.data)["job_id"] async for e in events]
     assert sorted(rest) == sorted(jobs)
     assert stream.last_event_id == ".".join(["2"] * 100)

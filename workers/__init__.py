@@ -1,6 +1,3 @@
-"""Workers and the protocol they share with the web app.
-
-The modules `status`, `event`, `keys`, `scripts`, `publisher`, `throttle`, `history`,
-`settings` and `catalog` import neither Celery, ARQ nor Starlette: the web app (`app/`)
-imports them too. Celery lives in `celery_*` modules, ARQ in `arq_*` modules.
-"""
+"""The reference deployment's workers: the Celery app (`workers.celery_app`), the ARQ
+worker settings (`workers.arq_worker`) and the demo tasks (`workers.tasks`), each a few
+lines on top of `progress_streamer`."""

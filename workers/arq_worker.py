@@ -1,6 +1,6 @@
 """The project's ARQ worker: `arq workers.arq_worker.WorkerSettings` (the Procfile's `arq:`).
 
-It runs the demo tasks on the queue of `PROGRESS_KEY_PREFIX` (see `workers.arq_settings`).
+It runs the demo tasks on the queue of `PROGRESS_KEY_PREFIX` (`progress_streamer.arq`).
 `WorkerSettings` is built on first access (PEP 562 module `__getattr__`) rather than at
 import, so importing this module never reads the environment; ARQ's CLI reads it at start.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 from arq.worker import func
 
-from workers.arq_demo import demo_fail, demo_report
-from workers.arq_settings import progress_worker_settings
-from workers.settings import Settings
+from progress_streamer.arq.worker_settings import progress_worker_settings
+from progress_streamer.protocol.settings import Settings
+from workers.tasks.arq_demo import demo_fail, demo_report
 
 DEMO_FUNCTIONS = (
     func(demo_report, name="demo.report"),

@@ -1,6 +1,6 @@
 """The Celery app: `celery -A workers.celery_app worker` (the Procfile's `worker:` line).
 
-Importing this module connects the signal handlers but imports no task code (`include=`
+A few lines on `progress_streamer.celery`. It imports no task code (`include=`
 loads it when a worker starts), so the web app can send tasks by name. The settings are
 read from the environment when the configuration is first needed, not at import.
 """
@@ -11,12 +11,11 @@ from typing import Any
 
 from celery import Celery
 
-from workers import celery_signals
-from workers.celery_runtime import runtime
-from workers.celery_task import ProgressTask
-from workers.settings import Settings
+from progress_streamer.celery import ProgressTask, install
+from progress_streamer.celery.runtime import runtime
+from progress_streamer.protocol import Settings
 
-TASK_MODULES = ("workers.tasks.demo",)
+TASK_MODULES = ("workers.tasks.celery_demo",)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -37,11 +36,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_celery_app(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:
     """An app for `settings`, or for the environment's settings (read lazily)."""
-    celery_signals.connect()
     app = Celery(
         "workers", task_cls=ProgressTask, include=list(TASK_MODULES), set_as_current=set_as_current
     )
     app.add_defaults(lambda: celery_config(settings or runtime.settings))
+    install(app, settings=settings)
     return app
 
 

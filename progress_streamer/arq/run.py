@@ -1,0 +1,185 @@
+"""One run of an ARQ job as the stream sees it: `started`, the lease heartbeat, the
+`ctx["progress"]` and `ctx["attach_file"]` helpers, and the run's last event.
+
+`worker_settings` wraps every job function so that it drives a `JobRun`; job code
+only ever sees the two helpers in `ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from progress_streamer.protocol.event import (
+    ErrorInfo,
+    EventDraft,
+    EventNotSerializable,
+    EventTooLarge,
+    check_report,
+)
+from progress_streamer.protocol.files import check_file
+from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.throttle import AsyncProgressThrottle, Report
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE = 2000  # characters of an exception's message kept in a `failure` event
+
+
+class JobAlreadyFinished(RuntimeError):
+    """ARQ ran a job whose stream already ended (revoked, or WorkerLost): it is not run again."""
+
+
+class JobRun:
+    """The events of one attempt of one job, published through the shared publisher."""
+
+    def __init__(self, publisher: AsyncPublisher, job_id: str, job_try: int) -> None:
+        self.publisher = publisher
+        self.job_id = job_id
+        self.attempt = max(job_try, 1)  # a minimum: the script assigns the real attempt
+        self._lease = publisher.settings.lease_seconds
+        self._throttle = AsyncProgressThrottle(self._send, publisher.settings.throttle_ms)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._ended = False  # a terminal event was published, or refused as too late
+
+    async def start(self) -> None:
+        """Publish `started` and start the heartbeat; raise `JobAlreadyFinished` if refused."""
+        outcome = await self.publisher.publish(
+            EventDraft(job_id=self.job_id, status=JobStatus.STARTED, attempt=self.attempt),
+            lease_seconds=self._lease,
+        )
+        if not outcome.accepted:
+            raise JobAlreadyFinished(
+                f"job {self.job_id} is already finished ({outcome.reason}); not running it again"
+            )
+        self.attempt = outcome.attempt
+        await self.publisher.touch_lease(self.job_id, self.attempt)  # indexed for the sweeper
+        self._heartbeat = asyncio.ensure_future(self._beat())
+
+    async def progress(
+        self,
+        step: str | None = None,
+        percent: float | None = None,
+        current: int | None = None,
+        total: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Report progress; throttled, so call it as often as you like. Bad values raise."""
+        check_report(step, percent, current, total, message)
+        await self._throttle.report(step, percent, current, total, message)
+
+    async def attach_file(
+        self, name: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Store a file for `GET /api/v1/jobs/<id>/result`; raises `files.FileTooLarge`.
+
+        The format is `protocol.files.attach_file`'s (that one is synchronous, for Celery).
+        """
+        settings = self.publisher.settings
+        check_file(name, data, content_type, settings.max_file_bytes)
+        key = self.publisher.keyspace.job(self.job_id).file
+        async with self.publisher.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(
+                key, mapping={"name": name, "content_type": content_type, "data": bytes(data)}
+            )
+            pipe.expire(key, settings.job_ttl)
+            await pipe.execute()
+
+    async def succeed(self, result: Any) -> PublishOutcome:
+        await self._flush()
+        try:
+            return await self._publish(JobStatus.SUCCESS, result=result)
+        except EventNotSerializable as exc:
+            return await self.fail_with("ResultNotSerializable", str(exc))
+        except EventTooLarge as exc:
+            return await self.fail_with("ResultTooLarge", str(exc))
+
+    async def fail(self, exc: BaseException) -> PublishOutcome:
+        return await self.fail_with(type(exc).__name__, str(exc))
+
+    async def fail_with(self, error_type: str, message: str) -> PublishOutcome:
+        """A `failure` event; a message too long for the event is cut, never refused."""
+        await self._flush()
+        limit = MAX_ERROR_MESSAGE
+        while True:
+            text = message if len(message) <= limit else message[: max(limit - 3, 0)] + "..."
+            try:
+                return await self._publish(
+                    JobStatus.FAILURE, error=ErrorInfo(type=error_type[:200], message=text)
+                )
+            except EventTooLarge:
+                if limit == 0:
+                    raise
+                limit //= 4
+
+    async def revoke(self) -> PublishOutcome:
+        """ARQ aborted the run; refused (and harmless) when our cancel already said so."""
+        self._throttle.close()
+        return await self._publish(JobStatus.REVOKED)
+
+    async def wait_for_rerun(self, seconds: float, message: str) -> PublishOutcome:
+        """ARQ will run the job again: keep the lease for the wait, so no sweeper ends it."""
+        await self._flush()
+        return await self._publish(
+            JobStatus.PROGRESS, message=message, lease_seconds=seconds + self._lease
+        )
+
+    async def stop(self) -> None:
+        """End the heartbeat; once the job has ended, forget its lease index entry.
+
+        Without a final event (ARQ re-runs it, or publishing failed) the entry stays, so
+        the sweeper ends the job if no run comes back in time.
+        """
+        self._throttle.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        if not self._ended:
+            return
+        try:
+            await self.publisher.redis.zrem(self.publisher.keyspace.leases, self.job_id)
+        except RedisError as exc:
+            log.warning("job %s: lease index not cleared: %s", self.job_id, exc)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                if await self.publisher.touch_lease(self.job_id, self.attempt) is None:
+                    return  # finished, or another attempt runs now
+            except RedisError as exc:
+                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+
+    async def _send(self, report: Report) -> None:
+        await self._publish(
+            JobStatus.PROGRESS,
+            step=report.step,
+            percent=report.percent,
+            current=report.current,
+            total=report.total,
+            message=report.message,
+            lease_seconds=self._lease,
+        )
+
+    async def _flush(self) -> None:
+        try:
+            await self._throttle.flush()
+        except Exception as exc:  # the last progress value must not block the final event
+            log.warning("job %s: last progress report not sent: %s", self.job_id, exc)
+
+    async def _publish(
+        self, status: JobStatus, *, lease_seconds: float | None = None, **fields: Any
+    ) -> PublishOutcome:
+        draft = EventDraft(job_id=self.job_id, status=status, attempt=self.attempt, **fields)
+        outcome = await self.publisher.publish(draft, lease_seconds=lease_seconds)
+        if status.is_terminal and (outcome.accepted or outcome.reason == "terminal"):
+            self._ended = True
+        if not outcome.accepted:
+            log.debug("job %s: %s refused (%s)", self.job_id, status, outcome.reason)
+        return outcome

@@ -1,0 +1,14 @@
+"""Celery integration: every task of an app streams its lifecycle and progress.
+
+`install(app)` connects the signal handlers to a user's own Celery app; a task class of
+`ProgressTask` (`task_cls="progress_streamer.celery:ProgressTask"`) does so by itself.
+`CeleryRunner` is what the web app enqueues and cancels Celery jobs with.
+"""
+
+from __future__ import annotations
+
+from progress_streamer.celery.runner import CeleryRunner
+from progress_streamer.celery.signals import install
+from progress_streamer.celery.task import ProgressTask, attach_file, progress
+
+__all__ = ["CeleryRunner", "ProgressTask", "attach_file", "install", "progress"]

@@ -1,0 +1,83 @@
+"""How the web app enqueues and cancels Celery jobs, by task name (no task code imported).
+
+`CeleryRunner`'s methods are synchronous: call them from a thread. `pending` is published
+by the `before_task_publish` handler (connected by the runner), before the
+message is sent, so it always precedes `started`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from celery import Celery
+
+from progress_streamer.celery.runtime import runtime
+from progress_streamer.celery.signals import install
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import Publisher, PublishOutcome
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+
+class CeleryRunner:
+    """Sends jobs to Celery workers and cancels them."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self._own_app = app is None
+        self.app = app if app is not None else sender_app(settings)
+        self.keyspace = KeySpace(settings.key_prefix)
+        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        self._publisher = Publisher(self._client, settings)
+        # The signal handlers of this process publish `pending` with our settings.
+        install(self.app, settings=settings)
+
+    def enqueue(self, job_id: str, task: str, params: Mapping[str, Any]) -> None:
+        """Send `task` by name with the job id as its task id; `pending` comes first."""
+        self.keyspace.job(job_id)  # validates the id
+        self.app.send_task(task, kwargs=dict(params), task_id=job_id)
+
+    def cancel(self, job_id: str) -> PublishOutcome:
+        """Publish `revoked` first; if accepted, revoke the task (terminating it if it runs).
+
+        Refused with reason 'terminal' when the job already finished (answer 409), or
+        'not_found' when Redis knows no such job (answer 404).
+        """
+        keys = self.keyspace.job(job_id)
+        if not self._client.exists(keys.state):
+            return PublishOutcome(accepted=False, seq=0, reason="not_found")
+        draft = EventDraft(job_id=job_id, status=JobStatus.REVOKED, message="cancelled")
+        outcome = self._publisher.publish(draft)
+        if not outcome.accepted:
+            return outcome
+        self._client.zrem(self.keyspace.leases, job_id)
+        try:
+            # A worker drops it when it arrives; a running one gets SIGTERM. With no
+            # worker up the broadcast is lost, but the task class will not run the job.
+            self.app.control.revoke(job_id, terminate=True, signal="SIGTERM")
+        except Exception as exc:
+            log.warning("job %s: revoked, but the broadcast to workers failed: %s", job_id, exc)
+        return outcome
+
+    def close(self) -> None:
+        self._client.close()
+        runtime.close()
+        if self._own_app:
+            self.app.close()
+
+
+def sender_app(settings: Settings) -> Celery:
+    """A Celery app that only sends by name, on the broker of `settings`, in JSON."""
+    app = Celery("progress_streamer", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app

@@ -1,0 +1,146 @@
+"""Per-process state of the Celery integration: settings, the Redis client, running attempts.
+
+The signal handlers (`celery_signals`) and the task class (`celery_task`) share one
+`WorkerRuntime`. Its Redis client is built lazily in the process that uses it and
+rebuilt after a fork (a prefork pool child never shares its parent's connections).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import redis
+
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.lease import LeaseHeartbeat
+from progress_streamer.protocol.publisher import Publisher, PublishOutcome
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.throttle import ProgressThrottle, Report
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """Settings (from the environment unless configured) and a fork-safe publisher."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._settings: Settings | None = None
+        self._client: redis.Redis | None = None
+        self._publisher: Publisher | None = None
+        self._pid = os.getpid()
+        self._inherited: list[redis.Redis] = []
+        self._attempts: dict[str, RunningAttempt] = {}
+
+    def configure(self, settings: Settings) -> None:
+        """Use these settings from now on (the web app's runner passes its own)."""
+        with self._lock:
+            self.close()
+            self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        with self._lock:
+            if self._settings is None:
+                self._settings = Settings.from_env()
+            return self._settings
+
+    @property
+    def publisher(self) -> Publisher:
+        with self._lock:
+            if os.getpid() != self._pid:
+                self.after_fork()
+            if self._publisher is None:
+                self._client = redis.Redis.from_url(
+                    self.settings.redis_url, socket_timeout=10, health_check_interval=30
+                )
+                self._publisher = Publisher(self._client, self.settings)
+            return self._publisher
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.publisher.redis
+
+    def after_fork(self) -> None:
+        """Forget the parent's client without closing it: its sockets are the parent's."""
+        with self._lock:
+            if self._client is not None:
+                self._inherited.append(self._client)
+            self._client = self._publisher = None
+            self._pid = os.getpid()
+            self._attempts.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None and os.getpid() == self._pid:
+                self._client.close()
+            self._client = self._publisher = None
+
+    def begin(self, attempt: RunningAttempt) -> None:
+        with self._lock:
+            self._attempts[attempt.job_id] = attempt
+
+    def attempt_of(self, job_id: str | None) -> RunningAttempt | None:
+        with self._lock:
+            return None if job_id is None else self._attempts.get(job_id)
+
+    def end(self, job_id: str) -> RunningAttempt | None:
+        with self._lock:
+            return self._attempts.pop(job_id, None)
+
+
+class RunningAttempt:
+    """One run of a job in this process: its attempt number, throttle and heartbeat."""
+
+    def __init__(self, publisher: Publisher, job_id: str) -> None:
+        self.publisher = publisher
+        self.job_id = job_id
+        self.number: int | None = None
+        self.refused: str | None = None  # why `started` was refused: the job must not run
+        self.ended = False  # a terminal event was published (or refused) for this run
+        self.heartbeat: LeaseHeartbeat | None = None
+        self.throttle = ProgressThrottle(self._send, publisher.settings.throttle_ms)
+
+    def start(self, minimum_attempt: int) -> PublishOutcome:
+        """Publish `started` (granting the first lease) and start the heartbeat."""
+        draft = EventDraft(job_id=self.job_id, status=JobStatus.STARTED, attempt=minimum_attempt)
+        outcome = self.publisher.publish(draft, lease_seconds=self.publisher.settings.lease_seconds)
+        if not outcome.accepted:
+            self.refused = outcome.reason or "refused"
+            return outcome
+        self.number = outcome.attempt
+        self.heartbeat = LeaseHeartbeat(self.publisher, self.job_id, outcome.attempt).start()
+        return outcome
+
+    def flush(self) -> None:
+        """Send the coalesced last report before a status change; never fails the job."""
+        try:
+            self.throttle.flush()
+        except Exception as exc:
+            log.warning("job %s: last progress report not sent: %s", self.job_id, exc)
+
+    def stop(self) -> None:
+        """The attempt is over: drop pending reports, stop the heartbeat."""
+        self.throttle.close()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+
+    def _send(self, report: Report) -> None:
+        draft = EventDraft(
+            job_id=self.job_id, status=JobStatus.PROGRESS, attempt=self.number, **report._asdict()
+        )
+        try:
+            outcome = self.publisher.publish(draft)
+        except (redis.RedisError, OSError) as exc:
+            # Progress is best effort: a Redis hiccup must not fail a long job.
+            log.warning("job %s: progress not published: %s", self.job_id, exc)
+            return
+        if not outcome.accepted:
+            log.debug("job %s: progress refused (%s)", self.job_id, outcome.reason)
+
+
+runtime = WorkerRuntime()
+"""The one runtime of this process."""

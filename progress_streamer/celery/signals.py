@@ -1,0 +1,234 @@
+"""The Celery signals: every task's lifecycle published with no change to task code.
+
+Which process each handler runs in matters with the prefork pool:
+
+    sender (web app, any .delay())   before_task_publish -> pending (not on a retry)
+    pool child                       task_prerun  -> started (+ lease, heartbeat)
+                                     task_success -> success, or failure Result*
+                                     task_failure -> failure {type, message}
+                                     task_retry   -> nothing (the next run is `started`)
+                                     task_postrun -> stop the heartbeat and throttle
+    worker parent                    task_revoked -> revoked
+                                     task_failure (WorkerLostError) -> failure WorkerLost
+                                     task_unknown -> failure NotRegistered
+
+A refused publish (the job is already terminal, e.g. cancelled) is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import redis
+from billiard.exceptions import WorkerLostError
+from celery import Celery, signals
+
+from progress_streamer.celery.runtime import RunningAttempt, runtime
+from progress_streamer.protocol.event import (
+    ErrorInfo,
+    EventDraft,
+    EventNotSerializable,
+    EventTooLarge,
+)
+from progress_streamer.protocol.keys import is_valid_job_id
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE_CHARS = 1000
+
+
+def on_before_task_publish(
+    sender: Any = None, headers: dict[str, Any] | None = None, body: Any = None, **_: Any
+) -> None:
+    headers = headers or {}
+    job_id = headers.get("id")
+    if job_id is None and isinstance(body, dict):  # message protocol 1
+        job_id = body.get("id")
+        headers = body
+    if int(headers.get("retries") or 0) > 0:
+        return  # a retry: the job is already running, its next run publishes `started`
+    if not is_valid_job_id(job_id):
+        log.debug("task %s: id %r is not a job id; no events", sender, job_id)
+        return
+    publish(EventDraft(job_id=str(job_id), status=JobStatus.PENDING))
+
+
+def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if not is_valid_job_id(task_id):
+        return
+    assert task_id is not None
+    attempt = RunningAttempt(runtime.publisher, task_id)
+    runtime.begin(attempt)
+    try:
+        outcome = attempt.start(minimum_attempt=int(task.request.retries or 0) + 1)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("job %s: `started` not published, running anyway: %s", task_id, exc)
+        return
+    if not outcome.accepted:
+        log.info("job %s: `started` refused (%s)", task_id, outcome.reason)
+
+
+def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    attempt = runtime.attempt_of(sender.request.id if sender is not None else None)
+    if attempt is None or attempt.refused:
+        return
+    attempt.flush()
+    attempt.stop()
+    draft = EventDraft(
+        job_id=attempt.job_id, status=JobStatus.SUCCESS, attempt=attempt.number, result=result
+    )
+    try:
+        finish(draft)
+    except EventNotSerializable as exc:
+        finish(failure_of(attempt, "ResultNotSerializable", f"the task's result {exc}"))
+    except EventTooLarge as exc:
+        finish(failure_of(attempt, "ResultTooLarge", f"the task's result is too large: {exc}"))
+    attempt.ended = True
+
+
+def on_task_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
+) -> None:
+    if not is_valid_job_id(task_id) or exception is None:
+        return
+    assert task_id is not None
+    attempt = runtime.attempt_of(task_id)
+    if attempt is not None:  # in the pool child that ran the task
+        if attempt.refused:
+            return
+        attempt.flush()
+        attempt.stop()
+        finish(failure_of(attempt, type(exception).__name__, error_message(exception)))
+        attempt.ended = True
+    elif isinstance(exception, WorkerLostError):  # in the parent: the child died
+        message = f"the worker process running this job exited unexpectedly ({exception})"
+        finish(EventDraft(job_id=task_id, status=JobStatus.FAILURE, error=worker_lost(message)))
+    else:  # in the parent, e.g. a hard time limit
+        error = ErrorInfo(type=type(exception).__name__, message=error_message(exception))
+        finish(EventDraft(job_id=task_id, status=JobStatus.FAILURE, error=error))
+
+
+def on_task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    attempt = runtime.attempt_of(getattr(request, "id", None))
+    if attempt is None:
+        return
+    attempt.flush()
+    attempt.stop()
+    # Between runs no heartbeat runs: take the job out of the sweeper's index.
+    forget_lease(attempt.job_id)
+    attempt.ended = True
+    log.info("job %s: retry scheduled (%s)", attempt.job_id, reason)
+
+
+def on_task_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+    attempt = runtime.end(task_id) if task_id is not None else None
+    if attempt is None:
+        return
+    attempt.stop()
+    if not attempt.ended and not attempt.refused:
+        # Ignore/Reject or similar: no terminal status from us, and no false WorkerLost.
+        log.info("job %s: the task ended in state %s without a terminal event", task_id, state)
+        forget_lease(attempt.job_id)
+
+
+def on_task_revoked(request: Any = None, terminated: bool = False, expired: bool = False,
+                    **_: Any) -> None:  # fmt: skip
+    job_id = getattr(request, "id", None)
+    if not is_valid_job_id(job_id):
+        return
+    message = "expired before it ran" if expired else "cancelled"
+    finish(EventDraft(job_id=str(job_id), status=JobStatus.REVOKED, message=message))
+
+
+def on_task_unknown(name: str | None = None, id: str | None = None, **_: Any) -> None:
+    if not is_valid_job_id(id):
+        return
+    assert id is not None
+    error = ErrorInfo(type="NotRegistered", message=f"no worker task is named {name!r}")
+    finish(EventDraft(job_id=id, status=JobStatus.FAILURE, error=error))
+
+
+def publish(draft: EventDraft) -> bool:
+    """Publish, logging (never raising) a refusal or a Redis error; True if accepted."""
+    try:
+        outcome = runtime.publisher.publish(draft)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("job %s: %s event not published: %s", draft.job_id, draft.status, exc)
+        return False
+    if not outcome.accepted:
+        log.debug("job %s: %s refused (%s)", draft.job_id, draft.status, outcome.reason)
+    return outcome.accepted
+
+
+def finish(draft: EventDraft) -> None:
+    """Publish a terminal event, then drop the job from the sweeper's index."""
+    try:
+        publish(draft)
+    except EventTooLarge:
+        if draft.error is None:
+            raise
+        # A failure must get through, whatever the size of the exception's message.
+        short = ErrorInfo(type=draft.error.type[:100], message=draft.error.message[:100])
+        publish(replace(draft, error=short))
+    forget_lease(draft.job_id)
+
+
+def forget_lease(job_id: str) -> None:
+    try:
+        runtime.redis.zrem(runtime.publisher.keyspace.leases, job_id)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("job %s: lease index not cleared: %s", job_id, exc)
+
+
+def failure_of(attempt: RunningAttempt, kind: str, message: str) -> EventDraft:
+    return EventDraft(
+        job_id=attempt.job_id,
+        status=JobStatus.FAILURE,
+        attempt=attempt.number,
+        error=ErrorInfo(type=kind, message=message[:MAX_ERROR_MESSAGE_CHARS]),
+    )
+
+
+def worker_lost(message: str) -> ErrorInfo:
+    return ErrorInfo(type="WorkerLost", message=message[:MAX_ERROR_MESSAGE_CHARS])
+
+
+def error_message(exc: BaseException) -> str:
+    """What browsers see: the message only (an OSError's file names stay in the log)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)[:MAX_ERROR_MESSAGE_CHARS]
+
+
+def on_worker_process_init(**_: Any) -> None:
+    runtime.after_fork()
+
+
+def install(app: Celery | None = None, *, settings: Settings | None = None) -> None:
+    """Make `app`'s tasks stream: connect every handler (idempotent).
+
+    Celery's signals are process-wide, so the handlers serve every app of the process;
+    `app` is accepted so that the call reads as what it does for the user's own app, and
+    nothing of its configuration (result backend, serializers) is changed. `settings`
+    replaces the environment's (`Settings.from_env()`, read when first needed).
+    """
+    if settings is not None:
+        runtime.configure(settings)
+    connect()
+
+
+def connect() -> None:
+    """Connect every handler (idempotent: Celery keys receivers by function)."""
+    signals.before_task_publish.connect(on_before_task_publish, weak=False)
+    signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_success.connect(on_task_success, weak=False)
+    signals.task_failure.connect(on_task_failure, weak=False)
+    signals.task_retry.connect(on_task_retry, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
+    signals.task_revoked.connect(on_task_revoked, weak=False)
+    signals.task_unknown.connect(on_task_unknown, weak=False)
+    signals.worker_process_init.connect(on_worker_process_init, weak=False)

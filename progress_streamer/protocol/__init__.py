@@ -1,0 +1,27 @@
+"""The protocol both sides share: statuses, the event and its JSON, the Redis key space,
+the publish script and the publishers. It imports neither Starlette, Celery nor ARQ."""
+
+from __future__ import annotations
+
+from progress_streamer.protocol.event import ErrorInfo, EventDraft, ProgressEvent, decode_event
+from progress_streamer.protocol.keys import InvalidJobId, KeySpace, is_valid_job_id
+from progress_streamer.protocol.publisher import AsyncPublisher, Publisher, PublishOutcome
+from progress_streamer.protocol.settings import Settings, SettingsError
+from progress_streamer.protocol.status import TERMINAL, JobStatus
+
+__all__ = [
+    "TERMINAL",
+    "AsyncPublisher",
+    "ErrorInfo",
+    "EventDraft",
+    "InvalidJobId",
+    "JobStatus",
+    "KeySpace",
+    "ProgressEvent",
+    "PublishOutcome",
+    "Publisher",
+    "Settings",
+    "SettingsError",
+    "decode_event",
+    "is_valid_job_id",
+]

@@ -1,0 +1,144 @@
+"""The publisher: every event goes to Redis in one atomic round trip of the publish script.
+
+`Publisher` (sync, for Celery tasks) and `AsyncPublisher` (asyncio, for ARQ and the web
+app's own writes such as `pending` and `revoked`) share `publish_call`, the one place
+that turns a draft into the script's keys and arguments. redis-py's registered scripts
+run EVALSHA and reload the script when Redis lost its script cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import JobKeys, KeySpace
+from progress_streamer.protocol.scripts import PUBLISH, TOUCH_LEASE
+from progress_streamer.protocol.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    """What the script said: accepted with a `seq`, or refused with a reason."""
+
+    accepted: bool
+    seq: int
+    attempt: int = 0
+    reason: str | None = None  # 'terminal', 'illegal_transition', 'stale_attempt', ...
+
+
+@dataclass(frozen=True, slots=True)
+class PublishCall:
+    keys: list[str]
+    args: list[bytes | str | int | float]
+
+
+def publish_call(
+    keys: JobKeys,
+    draft: EventDraft,
+    settings: Settings,
+    *,
+    condition: str = "",
+    lease_seconds: float | None = None,
+) -> PublishCall:
+    """The script's KEYS and ARGV for one draft (raises before anything is sent)."""
+    if not draft.ts:
+        draft = replace(draft, ts=round(time.time(), 6))
+    head, tail = draft.encode(settings.max_event_bytes)
+    return PublishCall(
+        keys=[keys.state, keys.history, keys.file, keys.channel],
+        args=[
+            head,
+            tail,
+            draft.status.value,
+            "" if draft.attempt is None else draft.attempt,
+            "" if draft.percent is None else repr(float(draft.percent)),
+            settings.history,
+            settings.job_ttl,
+            condition,
+            "" if lease_seconds is None else lease_seconds,
+        ],
+    )
+
+
+def outcome_of(reply: list[Any]) -> PublishOutcome:
+    if int(reply[0]) == 1:
+        return PublishOutcome(accepted=True, seq=int(reply[1]), attempt=int(reply[2]))
+    reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+    return PublishOutcome(accepted=False, seq=int(reply[2]), reason=reason)
+
+
+def lease_deadline(reply: Any) -> float | None:
+    return None if reply is None or reply is False else float(reply)
+
+
+class Publisher:
+    """Publishes from synchronous code (Celery tasks and signals)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keyspace = KeySpace(settings.key_prefix)
+        self._publish = client.register_script(PUBLISH)
+        self._touch = client.register_script(TOUCH_LEASE)
+
+    def publish(
+        self, draft: EventDraft, *, condition: str = "", lease_seconds: float | None = None
+    ) -> PublishOutcome:
+        call = publish_call(
+            self.keyspace.job(draft.job_id),
+            draft,
+            self.settings,
+            condition=condition,
+            lease_seconds=lease_seconds,
+        )
+        return outcome_of(self._publish(keys=call.keys, args=call.args))
+
+    def touch_lease(self, job_id: str, attempt: int) -> float | None:
+        """Extend the lease and index it for the sweeper; None once the job is over."""
+        keys = self.keyspace.job(job_id)
+        deadline = lease_deadline(
+            self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
+        )
+        if deadline is None:
+            self.redis.zrem(self.keyspace.leases, job_id)
+        else:
+            self.redis.zadd(self.keyspace.leases, {job_id: deadline})
+        return deadline
+
+
+class AsyncPublisher:
+    """Publishes from asyncio code (ARQ jobs, the web app, the sweeper)."""
+
+    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keyspace = KeySpace(settings.key_prefix)
+        self._publish = client.register_script(PUBLISH)
+        self._touch = client.register_script(TOUCH_LEASE)
+
+    async def publish(
+        self, draft: EventDraft, *, condition: str = "", lease_seconds: float | None = None
+    ) -> PublishOutcome:
+        call = publish_call(
+            self.keyspace.job(draft.job_id),
+            draft,
+            self.settings,
+            condition=condition,
+            lease_seconds=lease_seconds,
+        )
+        return outcome_of(await self._publish(keys=call.keys, args=call.args))
+
+    async def touch_lease(self, job_id: str, attempt: int) -> float | None:
+        keys = self.keyspace.job(job_id)
+        reply = await self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
+        deadline = lease_deadline(reply)
+        if deadline is None:
+            await self.redis.zrem(self.keyspace.leases, job_id)
+        else:
+            await self.redis.zadd(self.keyspace.leases, {job_id: deadline})
+        return deadline

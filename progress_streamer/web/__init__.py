@@ -1,0 +1,31 @@
+"""The web side: `create_app(settings)`, a Starlette app serving the SSE streams, the JSON
+API, the JS client and the demo page; tokens for jobs a user's own backend enqueues."""
+
+from __future__ import annotations
+
+from progress_streamer.protocol.settings import Settings, SettingsError
+from progress_streamer.web.app import create_app
+from progress_streamer.web.catalog import (
+    Catalog,
+    IntParam,
+    InvalidParams,
+    TaskSpec,
+    UnknownTask,
+    default_catalog,
+)
+from progress_streamer.web.runners import JobRunner
+from progress_streamer.web.tokens import mint_token
+
+__all__ = [
+    "Catalog",
+    "IntParam",
+    "InvalidParams",
+    "JobRunner",
+    "Settings",
+    "SettingsError",
+    "TaskSpec",
+    "UnknownTask",
+    "create_app",
+    "default_catalog",
+    "mint_token",
+]

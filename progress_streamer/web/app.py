@@ -1,0 +1,214 @@
+"""The web app: `create_app(settings)` wires the hub, the routes and the lifespan.
+
+The reference deployment's `app.main:create_app_from_env` (what the Procfile runs) is a
+few lines on top of this: settings from the environment, and the runners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio.to_thread
+import redis.asyncio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from progress_streamer.protocol.history import JobReader
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.sweeper import LeaseSweeper
+from progress_streamer.web import access_log
+from progress_streamer.web.catalog import Catalog, default_catalog
+from progress_streamer.web.errors import EXCEPTION_HANDLERS
+from progress_streamer.web.headers import ReferrerPolicy
+from progress_streamer.web.limits import StreamLimiter
+from progress_streamer.web.metrics import Metrics
+from progress_streamer.web.routes.health import healthz, metrics, readyz
+from progress_streamer.web.routes.job_events import job_events
+from progress_streamer.web.routes.jobs import cancel_job, create_job, job_result, job_status
+from progress_streamer.web.routes.pages import STATIC_DIR, index
+from progress_streamer.web.routes.watches import create_watch, watch_events
+from progress_streamer.web.runners import JobRunner
+from progress_streamer.web.services import Services
+from progress_streamer.web.streaming.hub import SubscriptionHub
+from progress_streamer.web.streaming.keepalive import Keepalive
+from progress_streamer.web.streaming.response import PARKED
+from progress_streamer.web.tokens import job_signer, watch_signer
+
+log = logging.getLogger(__name__)
+
+# Connections the web process's commands share (the hub has its own). Bounded, so a burst
+# of thousands of stream opens queues for a connection instead of opening thousands of
+# sockets to Redis (its `maxclients`) and keeping them all idle in the pool afterwards.
+REDIS_POOL_SIZE = 64
+REDIS_TIMEOUT = 10.0  # a command, or the wait for a free connection, fails after this
+
+
+class ProgressApp(Starlette):
+    """Starlette, running each event stream's body from the top of the app.
+
+    A stream's endpoint and response start go through the routing and the middleware
+    (Referrer-Policy, CORS, error handling) as usual; then the response parks itself in
+    the scope (`PARKED`) and returns, and this runs its body with the server's own
+    `send`. An open stream is then held by two coroutine frames instead of the twenty
+    of Starlette's call chain (their locals were the largest part of an idle stream's
+    memory), and its frames cross none of the middleware wrappers, which only look at
+    the response start.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope[PARKED] = None
+        try:
+            await super().__call__(scope, receive, send)
+        except BaseException:
+            if (stream := scope[PARKED]) is not None:
+                await stream.abandon()
+            raise
+        if (stream := scope[PARKED]) is not None:
+            await stream.run(receive, send)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    catalog: Catalog | None = None,
+    runners: Mapping[str, JobRunner] | None = None,
+) -> Starlette:
+    settings.check_web()  # refuses auth without a strong secret, before anything is built
+    access_log.install()
+    services = build_services(settings, catalog or default_catalog(), dict(runners or {}))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with run_services(services):
+            yield
+
+    app = ProgressApp(
+        routes=routes(),
+        middleware=middleware(settings),
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app
+
+
+def build_services(
+    settings: Settings, catalog: Catalog, runners: Mapping[str, JobRunner]
+) -> Services:
+    metrics = Metrics()
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=2.0,
+        socket_timeout=REDIS_TIMEOUT,
+    )
+    client = redis.asyncio.Redis.from_pool(pool)
+    reader = JobReader(client)
+    hub = SubscriptionHub(
+        settings, reader, metrics, client_name=f"progress-hub-{settings.key_prefix}"
+    )
+    limiter = StreamLimiter(settings)
+    metrics.track(lambda: limiter.open, lambda: hub.watched_jobs)
+    return Services(
+        settings=settings,
+        keyspace=KeySpace(settings.key_prefix),
+        redis=client,
+        reader=reader,
+        hub=hub,
+        keepalive=Keepalive(hub, settings.ping_seconds),
+        limiter=limiter,
+        metrics=metrics,
+        catalog=catalog,
+        runners=runners,
+        job_tokens=job_signer(settings),
+        watch_tokens=watch_signer(settings),
+    )
+
+
+@contextlib.asynccontextmanager
+async def run_services(services: Services) -> AsyncIterator[None]:
+    await services.hub.start()
+    services.keepalive.start()
+    stop = asyncio.Event()
+    sweepers = [start_sweeper(services, stop), *start_settlers(services, stop)]
+    try:
+        yield
+    finally:
+        services.keepalive.drain()
+        stop.set()
+        for sweeper in sweepers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sweeper, services.settings.shutdown_seconds + 1)
+        await services.keepalive.stop()
+        await services.hub.close()
+        await services.redis.aclose()
+        for runner in services.runners.values():
+            aclose = getattr(runner, "aclose", None)  # what it opened on this loop
+            if callable(aclose):
+                await aclose()
+            close = getattr(runner, "close", None)
+            if callable(close):
+                await anyio.to_thread.run_sync(close)
+
+
+def start_sweeper(services: Services, stop: asyncio.Event) -> asyncio.Task[Any]:
+    """The WorkerLost sweeper (protocol/sweeper.py): every web process runs one."""
+    sweeper = LeaseSweeper(services.redis, services.settings)
+    return asyncio.create_task(sweeper.run(stop), name="lease-sweeper")
+
+
+def start_settlers(services: Services, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+    """Runners that can leave a job pending unseen (ARQ: `ArqRunner.run_settler`) get a
+    loop that ends such jobs; every web process runs one per runner."""
+    settlers = []
+    for name, runner in services.runners.items():
+        run_settler = getattr(runner, "run_settler", None)
+        if callable(run_settler):
+            settlers.append(asyncio.create_task(run_settler(stop), name=f"{name}-settler"))
+    return settlers
+
+
+def routes() -> list[BaseRoute]:
+    jobs = "/api/v1/jobs"
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route(jobs, create_job, methods=["POST"]),
+        Route(jobs + "/{job_id}", job_status, methods=["GET"]),
+        Route(jobs + "/{job_id}", cancel_job, methods=["DELETE"]),
+        Route(jobs + "/{job_id}/events", job_events, methods=["GET"]),
+        Route(jobs + "/{job_id}/result", job_result, methods=["GET"]),
+        Route("/api/v1/watches", create_watch, methods=["POST"]),
+        Route("/api/v1/watches/{watch_id}/events", watch_events, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    stack = [Middleware(ReferrerPolicy)]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Location"],
+            )
+        )
+    return stack

@@ -1,0 +1,66 @@
+"""Limits: open streams per process and per client address, and the request body size."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.web.errors import ApiError
+
+RETRY_AFTER_SECONDS = 5
+
+
+class StreamLimiter:
+    """Counts open streams; `acquire` refuses beyond the caps with 503 too_many_streams."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_streams = settings.max_streams
+        self.max_per_client = settings.max_streams_per_client
+        self.open = 0
+        self._per_client: Counter[str] = Counter()
+
+    def acquire(self, client: str) -> None:
+        if self.open >= self.max_streams or self._per_client[client] >= self.max_per_client:
+            raise ApiError(
+                503,
+                "too_many_streams",
+                "too many open streams; retry later",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self.open += 1
+        self._per_client[client] += 1
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
+
+
+def client_address(request: Request) -> str:
+    """The peer, or the forwarded address when uvicorn was told to trust the proxy."""
+    return request.client.host if request.client else "unknown"
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body: 413 past `max_bytes` (without reading it all), 400 if bad."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is over {max_bytes} bytes")

@@ -1,0 +1,1 @@
+"""The HTTP endpoints, one module per resource; `progress_streamer.web.app` routes them."""

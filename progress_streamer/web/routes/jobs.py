@@ -1,0 +1,206 @@
+"""The JSON job endpoints: enqueue, status, cancel, and the attached result file."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from progress_streamer.protocol.event import ProgressEvent
+from progress_streamer.protocol.keys import is_valid_job_id
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.web.auth import presented_token, require_api_key, require_token
+from progress_streamer.web.catalog import InvalidParams, UnknownTask
+from progress_streamer.web.errors import ApiError
+from progress_streamer.web.limits import read_json
+from progress_streamer.web.runners import RUNNER_FIELD, JobRunner
+from progress_streamer.web.services import Services, services_of
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+
+
+def job_id_of(request: Request) -> str:
+    """The path's job id, or 404 before it reaches any Redis key or channel name."""
+    job_id = request.path_params["job_id"]
+    if not is_valid_job_id(job_id):
+        raise ApiError(404, "not_found", "no such job")
+    assert isinstance(job_id, str)
+    return job_id
+
+
+def authorize(request: Request, services: Services, job_id: str) -> None:
+    token = presented_token(request)
+    require_token(services.settings, services.job_tokens, token, job_id, "job")
+
+
+async def create_job(request: Request) -> Response:
+    services = services_of(request)
+    require_api_key(services.settings, request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    runner_name = body.get("runner", "celery")
+    try:
+        spec = services.catalog.resolve(body.get("task"), runner_name)
+        params = spec.validate(body.get("params"))
+    except UnknownTask as exc:
+        raise ApiError(422, "unknown_task", str(exc)) from None
+    except InvalidParams as exc:
+        raise ApiError(422, "invalid_params", str(exc)) from None
+    runner = services.runners.get(runner_name)
+    if runner is None:
+        raise ApiError(422, "unknown_task", f"runner {runner_name!r} is not available here")
+    job_id = uuid.uuid4().hex
+    await _remember_runner(services, job_id, runner_name)
+    await anyio.to_thread.run_sync(runner.enqueue, job_id, spec.name, params)
+    urls = job_urls(job_id)
+    token = services.job_tokens.mint(job_id) if services.settings.auth_enabled else None
+    body = {"job_id": job_id, "status": "pending", **urls, "token": token}
+    return JSONResponse(body, status_code=202, headers={"Location": urls["status_url"]})
+
+
+def job_urls(job_id: str) -> dict[str, str]:
+    base = f"{API}/jobs/{job_id}"
+    return {"status_url": base, "events_url": f"{base}/events", "result_url": f"{base}/result"}
+
+
+async def _remember_runner(services: Services, job_id: str, runner: str) -> None:
+    """Which runner cancels this job, on its state hash (same slot, same TTL)."""
+    state = services.keyspace.job(job_id).state
+    async with services.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(state, RUNNER_FIELD, runner)
+        pipe.expire(state, services.settings.job_ttl)
+        await pipe.execute()
+
+
+async def _snapshot(services: Services, job_id: str) -> ProgressEvent:
+    event = await services.reader.snapshot(services.keyspace.job(job_id))
+    if event is None:
+        raise ApiError(404, "not_found", "no such job")
+    return event
+
+
+async def job_status(request: Request) -> Response:
+    services = services_of(request)
+    job_id = job_id_of(request)
+    authorize(request, services, job_id)
+    event = await services.reader.snapshot(services.keyspace.job(job_id))
+    if event is not None:
+        return JSONResponse(status_body(event))
+    body = await _queue_status(services, job_id)
+    if body is None:
+        raise ApiError(404, "not_found", "no such job")
+    return JSONResponse(body)
+
+
+async def _queue_status(services: Services, job_id: str) -> dict[str, Any] | None:
+    """A job only its queue knows (ARQ, enqueued without `publish_pending`), or None."""
+    for runner in services.runners.values():
+        lookup = getattr(runner, "aqueue_status", None)
+        if lookup is None:
+            continue
+        try:
+            known = await lookup(job_id)
+        except Exception:
+            log.warning("could not ask a runner's queue about job %s", job_id, exc_info=True)
+            continue
+        if known is not None:
+            error = None if known.error is None else known.error.as_dict()
+            return {
+                "job_id": job_id,
+                "status": known.status.value,
+                "attempt": 1,
+                "progress": None,
+                "result": known.result,
+                "error": error,
+                "seq": 0,
+            }
+    return None
+
+
+def status_body(event: ProgressEvent) -> dict[str, Any]:
+    progress = {
+        "step": event.step,
+        "percent": event.percent,
+        "current": event.current,
+        "total": event.total,
+        "message": event.message,
+    }
+    return {
+        "job_id": event.job_id,
+        "status": event.status.value,
+        "attempt": event.attempt,
+        "progress": progress if any(v is not None for v in progress.values()) else None,
+        "result": event.result,
+        "error": None if event.error is None else event.error.as_dict(),
+        "seq": event.seq,
+    }
+
+
+async def cancel_job(request: Request) -> Response:
+    services = services_of(request)
+    job_id = job_id_of(request)
+    authorize(request, services, job_id)
+    await _snapshot(services, job_id)
+    runner = await _runner_of(services, job_id)
+    outcome = await anyio.to_thread.run_sync(runner.cancel, job_id)
+    if not outcome.accepted:
+        raise ApiError(409, "conflict", f"the job cannot be cancelled ({outcome.reason})")
+    body = {"job_id": job_id, "status": "revoked", "seq": outcome.seq}
+    return JSONResponse(body, status_code=202)
+
+
+async def _runner_of(services: Services, job_id: str) -> JobRunner:
+    state = services.keyspace.job(job_id).state
+    raw: bytes | None = await services.redis.hget(state, RUNNER_FIELD)  # type: ignore[misc]
+    # Jobs sent by a user's own backend (a plain `.delay()`) carry no runner: Celery.
+    name = raw.decode() if raw else "celery"
+    runner = services.runners.get(name)
+    if runner is None:
+        raise ApiError(409, "conflict", f"runner {name!r} is not available here")
+    return runner
+
+
+async def job_result(request: Request) -> Response:
+    services = services_of(request)
+    job_id = job_id_of(request)
+    authorize(request, services, job_id)
+    event = await _snapshot(services, job_id)
+    if not event.is_terminal:
+        raise ApiError(409, "conflict", "the job has not finished")
+    key = services.keyspace.job(job_id).file
+    name, content_type, data = await services.redis.hmget(  # type: ignore[misc]
+        key, ["name", "content_type", "data"]
+    )
+    if event.status is not JobStatus.SUCCESS or data is None:
+        raise ApiError(404, "not_found", "the job attached no file")
+    filename = (name or b"result").decode("utf-8", "replace")
+    media = (content_type or b"application/octet-stream").decode("latin-1")
+    headers = {"Content-Disposition": content_disposition(filename)}
+    return Response(bytes(data), media_type=_safe_media_type(media), headers=headers)
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII `filename` and, for other names, RFC 5987 `filename*`."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '"\r\n').strip(" .")
+    name = name[:200] or "result"
+    ascii_name = "".join(c if c.isascii() else "_" for c in name)
+    header = f'attachment; filename="{ascii_name}"'
+    if ascii_name != name:
+        header += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return header
+
+
+def _safe_media_type(media: str) -> str:
+    media = media.strip()
+    if not media or any(c in media for c in "\r\n") or "/" not in media:
+        return "application/octet-stream"
+    return media

@@ -1,0 +1,216 @@
+"""One client's end of the hub: a bounded queue of frames for the jobs it watches.
+
+The hub offers every live event to each subscriber of the job; the stream writer takes
+them out in order. Owned by `streaming/hub.py`, read by `streaming/response.py`.
+
+Rules kept here (SPEC.md, "The event stream"):
+- per job, a frame is queued only if its `seq` is past the last one queued (no repeats);
+- while a job is being replayed (`hold`), live events wait, then follow the replay;
+- when the queue is full, a `progress` event replaces the job's queued `progress`
+  (latest wins); any other event is queued past the bound (never dropped), so the queue
+  overshoots by at most the handful of status changes a job can have;
+- while the client keeps up (its writer parked on an empty queue), a frame is written
+  straight to its socket by the `Sink` (`streaming/direct_writer.py`) instead of queued, so a
+  delivery wakes no task; whatever the sink refuses is queued, behind nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from progress_streamer.protocol.event import ProgressEvent
+from progress_streamer.protocol.status import JobStatus
+
+PING = b": ping\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event and its SSE frame (`id: <seq>\\ndata: <json>\\n\\n`), built once."""
+
+    event: ProgressEvent
+    frame: bytes
+
+
+def frame_of(event: ProgressEvent) -> Delivery:
+    return Delivery(event, b"id: %d\ndata: %s\n\n" % (event.seq, event.raw))
+
+
+class Sink(Protocol):
+    @property
+    def gone(self) -> bool:
+        """The client left (the keep-alive sweep then ends the stream)."""
+        ...
+
+    def write(self, body: bytes) -> bool:
+        """Write now and say True, or write nothing and say False."""
+        ...
+
+
+class Subscriber:
+    """A client's queue, its last seq per job and why it ended (if it did)."""
+
+    def __init__(
+        self,
+        job_ids: Sequence[str],
+        *,
+        capacity: int,
+        lifetime: float,
+        client: str = "",
+        cursor: Sequence[int | None] | None = None,
+        on_coalesce: Callable[[], object] | None = None,
+    ) -> None:
+        self.job_ids = tuple(job_ids)
+        self.client = client
+        self.capacity = capacity
+        self.last_seq: dict[str, int] = dict.fromkeys(job_ids, 0)
+        self.last_attempt: dict[str, int] = dict.fromkeys(job_ids, 1)
+        self.finished: set[str] = set()  # jobs whose terminal event is queued
+        self.coalesced = 0
+        self._on_coalesce = on_coalesce  # e.g. the process's metric; only on this rare path
+        self.closed: str | None = None  # why the stream ends early: shutdown, lifetime...
+        self.ping_due = False
+        self.wrote = True  # a frame went out since the last keep-alive sweep
+        # A jittered lifetime, so a deploy does not make every client resume at once.
+        self.deadline = time.monotonic() + lifetime * (1 - 0.2 * random.random())
+        # A watch's `id:` is the cursor of the last seq written per job (`12.0.7`).
+        self.cursor: dict[str, int] | None = None
+        if cursor is not None:
+            self.cursor = {job: seq or 0 for job, seq in zip(self.job_ids, cursor, strict=True)}
+        self.sink: Sink | None = None  # set by the writer once the stream has started
+        # Lean on purpose (10,000 of these per process): a list, not a deque (an empty
+        # deque is 760 bytes), and one future while the writer waits, not an Event.
+        self._queue: list[Delivery] = []
+        self._held: dict[str, list[Delivery]] = {}
+        self._waiter: asyncio.Future[None] | None = None  # the writer, parked on no frames
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the client's task (a backlog: the socket was not writable)."""
+        return len(self._queue)
+
+    @property
+    def all_finished(self) -> bool:
+        return len(self.finished) == len(self.job_ids)
+
+    def hold(self, job_id: str) -> None:
+        """Keep live events of the job aside until `release` (a replay is on its way)."""
+        self._held.setdefault(job_id, [])
+
+    def is_held(self, job_id: str) -> bool:
+        return job_id in self._held
+
+    def release(self, job_id: str, replay: Iterable[Delivery]) -> None:
+        """Queue the replay, then the live events that came meanwhile (deduplicated)."""
+        held = self._held.pop(job_id, [])
+        for delivery in replay:
+            self._push(delivery)
+        for delivery in held:
+            self._push(delivery)
+
+    def offer(self, delivery: Delivery) -> None:
+        held = self._held.get(delivery.event.job_id)
+        if held is not None:
+            held.append(delivery)
+        else:
+            self._push(delivery)
+
+    def _push(self, delivery: Delivery) -> None:
+        # Runs for every delivery (the fan-out's inner loop): attribute reads kept few.
+        event = delivery.event
+        job_id, seq = event.job_id, event.seq
+        if seq <= self.last_seq.get(job_id, seq) or job_id in self.finished:
+            return
+        self.last_seq[job_id] = seq
+        self.last_attempt[job_id] = event.attempt
+        terminal = event.is_terminal
+        if terminal:
+            self.finished.add(job_id)
+        elif len(self._queue) >= self.capacity and self._coalesce(delivery):
+            return
+        sink = self._direct_sink()
+        if sink is not None:
+            frame = delivery.frame if self.cursor is None else self.frame(delivery)
+            if sink.write(frame):
+                self.wrote = True
+                if terminal:
+                    self._wake()  # the writer ends the response
+                return
+        self._queue.append(delivery)
+        self._wake()
+
+    def _direct_sink(self) -> Sink | None:
+        """The sink, if the writer is parked on an empty queue (nothing waits to go first)."""
+        if self._waiter is None or self.closed is not None or self._queue:
+            return None
+        return self.sink
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def frame(self, delivery: Delivery) -> bytes:
+        """The bytes for this client: the hub's frame, or for a watch, with the cursor."""
+        if self.cursor is None:
+            return delivery.frame
+        event = delivery.event
+        self.cursor[event.job_id] = event.seq
+        cursor = ".".join([str(self.cursor[job_id]) for job_id in self.job_ids])
+        return b"id: %s\ndata: %s\n\n" % (cursor.encode(), event.raw)
+
+    def _coalesce(self, delivery: Delivery) -> bool:
+        """Replace the job's last queued event with this one if both are `progress`."""
+        if delivery.event.status is not JobStatus.PROGRESS:
+            return False
+        for index in range(len(self._queue) - 1, -1, -1):
+            queued = self._queue[index].event
+            if queued.job_id == delivery.event.job_id:
+                if queued.status is not JobStatus.PROGRESS:
+                    return False
+                self._queue[index] = delivery
+                self.coalesced += 1
+                if self._on_coalesce is not None:
+                    self._on_coalesce()
+                return True
+        return False
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._wake()
+
+    def request_ping(self) -> None:
+        sink = self._direct_sink()
+        if sink is not None and sink.write(PING):
+            return
+        self.ping_due = True
+        self._wake()
+
+    @property
+    def ended(self) -> bool:
+        """Closed early, or every job's terminal event has been taken out."""
+        return self.closed is not None or (self.all_finished and not self._queue)
+
+    async def next(self) -> list[Delivery] | None:
+        """Every queued frame, in order (one write for all of them); None when a ping is
+        due or the stream must end. Taking the whole queue at once means a client that
+        fell behind catches up in one write instead of one write per event."""
+        while True:
+            if self.closed is not None:
+                return None  # the client resumes with its last event id
+            if self._queue:
+                batch, self._queue = self._queue, []
+                return batch
+            if self.ping_due or self.all_finished:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
