@@ -15,9 +15,11 @@ falls back to plain ASGI sends under any other server or protocol. Whatever the 
 path cannot do at once, it refuses (returns False): the frame is then queued and the
 client's own task sends it through ASGI, with the send timeout. That covers a paused
 socket (a slow client: backpressure and coalescing work as before), a closed one, and a
-finished response. tests/test_stream_direct.py checks that the fast path is taken under
-the Procfile's server, so an uvicorn upgrade that changes these internals fails a test
-instead of quietly costing the speed.
+finished response. tests/web/streaming/test_direct_writer.py checks that the fast path is
+taken under the Procfile's server, so an uvicorn upgrade that changes these internals
+fails a test instead of quietly costing the speed; pyproject.toml caps uvicorn below its
+next minor version for the same reason, and the first stream that cannot take the fast
+path logs one warning.
 """
 
 from __future__ import annotations

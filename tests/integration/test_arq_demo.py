@@ -1,0 +1,88 @@
+"""The demo tasks on the project's own ARQ worker (`workers.arq_worker.WorkerSettings`),
+driven through the synchronous runner interface the web app calls from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio
+
+from progress_streamer.arq.runner import ArqRunner
+from progress_streamer.protocol.files import read_file
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer
+from tests.support.arq_worker import (
+    ArqWorker,
+    history,
+    run_worker,
+    wait_for_status,
+    worker_settings,
+)
+
+pytestmark = pytest.mark.worker
+
+
+@pytest.fixture(scope="module")
+def demo_settings(redis_server: RedisServer) -> Settings:
+    return worker_settings(redis_server)
+
+
+@pytest.fixture(scope="module")
+def demo_worker(demo_settings: Settings) -> Iterator[ArqWorker]:
+    yield from run_worker(demo_settings, "workers.arq_worker.WorkerSettings")
+
+
+async def enqueue(settings: Settings, task: str, params: dict[str, object]) -> str:
+    job_id = uuid.uuid4().hex
+    await asyncio.to_thread(ArqRunner(settings).enqueue, job_id, task, params)
+    return job_id
+
+
+async def test_demo_report_steps_through_and_attaches_its_csv(
+    demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
+) -> None:
+    job_id = await enqueue(demo_settings, "demo.report", {"steps": 5, "step_ms": 10})
+    end = await wait_for_status(async_redis, demo_settings, job_id)
+    assert end.status == JobStatus.SUCCESS, end
+    filename = f"report-{job_id}.csv"
+    assert end.result["filename"] == filename and end.result["rows"] == 5
+    events = await history(async_redis, demo_settings, job_id)
+    progress = [e for e in events if e.status == JobStatus.PROGRESS]
+    assert progress[0].step == "fetching"
+    assert {"fetching", "rendering", "saving"} <= {e.step for e in progress}
+    assert progress[-1].percent == 100.0
+    stored = await read_file(async_redis, KeySpace(demo_settings.key_prefix), job_id)
+    assert stored is not None
+    assert (stored.name, stored.content_type) == (filename, "text/csv")
+    assert stored.data.startswith(b"page,region,units,revenue\r\n")
+    assert len(stored.data) == end.result["bytes"]
+
+
+async def test_demo_fail_fails_clearly_at_its_percent(
+    demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
+) -> None:
+    job_id = await enqueue(demo_settings, "demo.fail", {"fail_at": 30, "step_ms": 10})
+    end = await wait_for_status(async_redis, demo_settings, job_id)
+    assert end.status == JobStatus.FAILURE
+    assert end.error is not None and end.error.type == "DemoFailure"
+    assert "30%" in end.error.message
+    events = await history(async_redis, demo_settings, job_id)
+    assert [e.percent for e in events if e.status == JobStatus.PROGRESS][-1] == 30.0
+
+
+async def test_the_sync_cancel_revokes_once_and_then_answers_terminal(
+    demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
+) -> None:
+    job_id = await enqueue(demo_settings, "demo.report", {"steps": 1000, "step_ms": 100})
+    await wait_for_status(async_redis, demo_settings, job_id, {JobStatus.PROGRESS})
+    runner = ArqRunner(demo_settings)
+    first = await asyncio.to_thread(runner.cancel, job_id)
+    second = await asyncio.to_thread(runner.cancel, job_id)
+    assert first.accepted and (second.accepted, second.reason) == (False, "terminal")
+    statuses = [e.status for e in await history(async_redis, demo_settings, job_id)]
+    assert statuses.count(JobStatus.REVOKED) == 1 and statuses[-1] == JobStatus.REVOKED

@@ -1,0 +1,79 @@
+"""The benchmark harness itself runs end to end at a tiny size (not the benchmark).
+
+`bench.run --quick` in a subprocess (it pins itself to a core and raises its open-files
+limit, which must not leak into the test process), writing into a temporary docs file.
+Nchan is only run where nginx and its module are installed: this test never installs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.document import BEGIN, END
+from bench.nchan import find_nchan
+from tests.support import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run_quick(tmp_path: Path, servers: str, *extra: str) -> tuple[str, dict[str, Any]]:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\nKept as it is.\n")
+    args = ["--quick", "--servers", servers, "--no-install", "--docs", str(docs)]
+    args += ["--results", str(tmp_path / "results"), *extra]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,  # typically 5 to 15 s; generous for a loaded CI machine
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nKept as it is.\n")
+    assert BEGIN in text and END in text
+    (result_file,) = (tmp_path / "results").glob("*.json")
+    return done.stdout, json.loads(result_file.read_text())
+
+
+def check_server(result: dict[str, Any], name: str) -> None:
+    figures = result["runs"][0][name]
+    assert "error" not in figures["idle"], figures["idle"]
+    assert "error" not in figures["fanout"], figures["fanout"]
+    for row in figures["idle"]:
+        assert row["established"] == row["streams"]
+        assert row["hold_delivered"] == row["hold_expected"] > 0
+        assert row["rss_per_stream"] is not None
+    fanout = figures["fanout"]
+    assert fanout["established"] == fanout["clients"]
+    for step in [fanout["latency"], *fanout["steps"]]:
+        assert step["delivered"] > 0
+        assert step["p99_ms"] is not None and step["p99_ms"] > 0
+
+
+def test_harness_runs_ours_and_the_naive_baseline(tmp_path: Path) -> None:
+    stdout, result = run_quick(tmp_path, "ours,naive", "--worker-calls", "2000")
+    assert result["skipped"] == {}, result["skipped"]
+    for name in ("ours", "naive"):
+        check_server(result, name)
+    assert "| measure | ours | naive | ours/naive |" in stdout
+    assert "#### Idle capacity" in stdout and "#### Fan-out" in stdout
+    assert "#### Worker cost" in stdout and "Celery `self.progress(...)` call" in stdout
+    for row in result["runs"][0]["naive"]["idle"]:  # a Redis connection per client
+        assert row["redis_pubsub"] >= row["established"]
+
+
+def test_harness_runs_nchan(tmp_path: Path) -> None:
+    nchan, why = find_nchan(install=False)
+    if nchan is None:
+        pytest.skip(f"Nchan not measured: {why} (`make bench` installs it)")
+    stdout, result = run_quick(tmp_path, "nchan", "--no-worker-cost")
+    check_server(result, "nchan")
+    assert "| measure | Nchan |" in stdout

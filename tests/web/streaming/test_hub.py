@@ -1,0 +1,160 @@
+"""The subscription hub: one pub/sub connection for everything, and Redis going away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+import redis
+
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import RedisServer, free_port
+from tests.support.server import (
+    SSEEvent,
+    hub_connections,
+    numsub,
+    open_sse,
+    publisher,
+    running_server,
+)
+
+
+async def test_200_clients_on_20_jobs_share_one_pubsub_connection(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace, prefix: str
+) -> None:
+    pub = publisher(settings)
+    jobs = [uuid.uuid4().hex for _ in range(20)]
+    for job in jobs:
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    roomy = settings.replace(max_streams_per_client=1000)
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
+    with running_server(roomy) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=20, limits=limits) as client,
+            AsyncExitStack() as stack,
+        ):
+            streams = []
+            for i in range(200):
+                url = f"/api/v1/jobs/{jobs[i % 20]}/events"
+                streams.append(await stack.enter_async_context(open_sse(client, url)))
+            firsts = await asyncio.gather(*(anext(events) for _, events in streams))
+            assert {json.loads(e.data)["status"] for e in firsts} == {"started"}
+            assert hub_connections(sync_redis, prefix) == 1
+            assert all(numsub(sync_redis, keyspace, job) == 1 for job in jobs)
+            for job in jobs:
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+
+            async def rest(events: object) -> list[SSEEvent]:
+                return [e async for e in events]  # type: ignore[attr-defined]
+
+            ends = await asyncio.gather(*(rest(events) for _, events in streams))
+            assert all([json.loads(e.data)["status"] for e in end] == ["success"] for end in ends)
+            assert server.services.metrics.events_relayed._value.get() == 20
+    pub.redis.close()
+
+
+async def _stream_across_restart(tmp_path: Path, *, appendonly: bool) -> list[dict[str, object]]:
+    port = free_port()
+    first = RedisServer(port=port, appendonly=appendonly, directory=str(tmp_path))
+    first.start()
+    settings = Settings(redis_url=first.url, key_prefix="r", auth="none")
+    job = uuid.uuid4().hex
+    pub = publisher(settings)
+    received: list[dict[str, object]] = []
+    try:
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+        with running_server(settings) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+                url = f"/api/v1/jobs/{job}/events"
+                async with open_sse(client, url) as (_, events):
+                    received.append(json.loads((await anext(events)).data))
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=10.0))
+                    received.append(json.loads((await anext(events)).data))
+                    first.stop()
+                    second = RedisServer(port=port, appendonly=appendonly, directory=str(tmp_path))
+                    second.start()
+                    try:
+                        pub.redis.connection_pool.disconnect()
+                        if appendonly:  # published before the hub is back: from history
+                            for percent in (20.0, 30.0):
+                                draft = EventDraft(
+                                    job_id=job, status=JobStatus.PROGRESS, percent=percent
+                                )
+                                pub.publish(draft)
+                            pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+                        received += [json.loads(e.data) async for e in events]
+                        reconnects = server.services.metrics.redis_reconnects._value.get()
+                        assert reconnects >= 1
+                    finally:
+                        second.stop(remove_data=False)
+    finally:
+        first.stop()
+        pub.redis.close()
+    return received
+
+
+async def test_after_a_restart_with_persistence_streams_resume_to_the_terminal(
+    tmp_path: Path,
+) -> None:
+    received = await _stream_across_restart(tmp_path, appendonly=True)
+    assert [e["seq"] for e in received] == [1, 2, 3, 4, 5]
+    assert received[-1]["status"] == "success"
+
+
+async def test_after_a_restart_without_persistence_streams_end_with_state_lost(
+    tmp_path: Path,
+) -> None:
+    received = await _stream_across_restart(tmp_path, appendonly=False)
+    assert [e["seq"] for e in received] == [1, 2, 3]
+    assert received[-1]["status"] == "failure"
+    error = received[-1]["error"]
+    assert isinstance(error, dict) and error["type"] == "StateLost"
+
+
+async def test_a_killed_pubsub_connection_loses_nothing(
+    settings: Settings, sync_redis: redis.Redis, prefix: str
+) -> None:
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
+                await anext(events)
+                hub = [c for c in sync_redis.client_list(_type="pubsub")
+                       if c["name"] == f"progress-hub-{prefix}"]  # fmt: skip
+                sync_redis.client_kill_filter(_id=hub[0]["id"])
+                for percent in range(1, 20):  # some before, some after the hub is back
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+                rest = [json.loads(e.data)["seq"] async for e in events]
+            assert rest == list(range(2, 22))
+            assert server.services.metrics.redis_reconnects._value.get() == 1
+    pub.redis.close()
+
+
+async def test_malformed_messages_on_a_channel_are_skipped(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace
+) -> None:
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with open_sse(client, f"/api/v1/jobs/{job}/events") as (stream, events):
+                await anext(events)
+                channel = keyspace.job(job).channel
+                for junk in (b"not json", b'{"job_id":"other","seq":9}', b'{"a":\n1}'):
+                    sync_redis.publish(channel, junk)
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+                rest = [json.loads(e.data)["seq"] async for e in events]
+    assert rest == [2]
+    assert b"not json" not in stream.raw
+    pub.redis.close()
