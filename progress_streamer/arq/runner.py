@@ -25,6 +25,7 @@ from progress_streamer.arq.worker_settings import queue_name_of
 from progress_streamer.protocol.event import ErrorInfo, EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
+from progress_streamer.protocol.runner import JobRunner, QueueStatus
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
@@ -41,15 +42,6 @@ ARQ_STATUSES: dict[ArqStatus, JobStatus | None] = {
     ArqStatus.complete: None,
     ArqStatus.not_found: None,
 }
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class QueueStatus:
-    """ARQ's record of a job, in our terms (for the status endpoint's fallback)."""
-
-    status: JobStatus
-    result: Any = None
-    error: ErrorInfo | None = None
 
 
 def _json_or_none(value: Any) -> Any:
@@ -80,7 +72,7 @@ async def publish_pending(
     return await target.publish(EventDraft(job_id=job_id, status=JobStatus.PENDING))
 
 
-class ArqRunner:
+class ArqRunner(JobRunner):
     """The web app's ARQ runner: `pending` + enqueue, `revoked` + abort."""
 
     def __init__(self, settings: Settings, *, queue_name: str | None = None) -> None:
@@ -108,12 +100,7 @@ class ArqRunner:
     async def acancel(self, job_id: str) -> PublishOutcome:
         return await self._cancel(await self._shared_pool(), job_id)
 
-    async def astatus(self, job_id: str) -> ArqStatus:
-        """ARQ's own status of the job (for a job we have no snapshot of)."""
-        pool = await self._shared_pool()
-        return await Job(job_id, pool, _queue_name=self.queue_name).status()
-
-    async def aqueue_status(self, job_id: str) -> QueueStatus | None:
+    async def queue_status(self, job_id: str) -> QueueStatus | None:
         """A job ARQ knows but we hold no snapshot of (enqueued without `publish_pending`).
 
         None when ARQ does not know it either: only then does the status endpoint say 404.
@@ -180,7 +167,7 @@ class ArqRunner:
         if status != JobStatus.PENDING.value.encode():  # started, ended, or its state is gone
             await pool.zrem(index, job_id)
             return False
-        outcome = await self.aqueue_status(job_id)
+        outcome = await self.queue_status(job_id)
         if outcome is None:  # no trace left in ARQ (its result expired): nothing to tell
             log.warning("job %s: pending, and ARQ has no trace of it", job_id)
             await pool.zrem(index, job_id)

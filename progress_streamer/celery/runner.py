@@ -19,13 +19,14 @@ from progress_streamer.celery.signals import install
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
+from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
 log = logging.getLogger(__name__)
 
 
-class CeleryRunner:
+class CeleryRunner(JobRunner):
     """Sends jobs to Celery workers and cancels them."""
 
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:

@@ -3,6 +3,7 @@ API, the JS client and the demo page; tokens for jobs a user's own backend enque
 
 from __future__ import annotations
 
+from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.settings import Settings, SettingsError
 from progress_streamer.web.app import create_app
 from progress_streamer.web.catalog import (
@@ -13,7 +14,6 @@ from progress_streamer.web.catalog import (
     UnknownTask,
     default_catalog,
 )
-from progress_streamer.web.runners import JobRunner
 from progress_streamer.web.tokens import mint_token
 
 __all__ = [

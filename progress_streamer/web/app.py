@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.runner import JobRunner, check_runner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.sweeper import LeaseSweeper
 from progress_streamer.web import access_log
@@ -36,7 +37,6 @@ from progress_streamer.web.routes.job_events import job_events
 from progress_streamer.web.routes.jobs import cancel_job, create_job, job_result, job_status
 from progress_streamer.web.routes.pages import STATIC_DIR, index
 from progress_streamer.web.routes.watches import create_watch, watch_events
-from progress_streamer.web.runners import JobRunner
 from progress_streamer.web.services import Services
 from progress_streamer.web.streaming.hub import SubscriptionHub
 from progress_streamer.web.streaming.keepalive import Keepalive
@@ -86,8 +86,11 @@ def create_app(
     runners: Mapping[str, JobRunner] | None = None,
 ) -> Starlette:
     settings.check_web()  # refuses auth without a strong secret, before anything is built
+    runners = dict(runners or {})
+    for name, runner in runners.items():
+        check_runner(name, runner)
     access_log.install()
-    services = build_services(settings, catalog or default_catalog(), dict(runners or {}))
+    services = build_services(settings, catalog or default_catalog(), runners)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -156,12 +159,8 @@ async def run_services(services: Services) -> AsyncIterator[None]:
         await services.hub.close()
         await services.redis.aclose()
         for runner in services.runners.values():
-            aclose = getattr(runner, "aclose", None)  # what it opened on this loop
-            if callable(aclose):
-                await aclose()
-            close = getattr(runner, "close", None)
-            if callable(close):
-                await anyio.to_thread.run_sync(close)
+            await runner.aclose()  # what it opened on this loop
+            await anyio.to_thread.run_sync(runner.close)
 
 
 def start_sweeper(services: Services, stop: asyncio.Event) -> asyncio.Task[Any]:
@@ -171,14 +170,12 @@ def start_sweeper(services: Services, stop: asyncio.Event) -> asyncio.Task[Any]:
 
 
 def start_settlers(services: Services, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
-    """Runners that can leave a job pending unseen (ARQ: `ArqRunner.run_settler`) get a
-    loop that ends such jobs; every web process runs one per runner."""
-    settlers = []
-    for name, runner in services.runners.items():
-        run_settler = getattr(runner, "run_settler", None)
-        if callable(run_settler):
-            settlers.append(asyncio.create_task(run_settler(stop), name=f"{name}-settler"))
-    return settlers
+    """Each runner's settler (ARQ's ends jobs ARQ failed before running them; the default
+    returns at once); every web process runs one per runner."""
+    return [
+        asyncio.create_task(runner.run_settler(stop), name=f"{name}-settler")
+        for name, runner in services.runners.items()
+    ]
 
 
 def routes() -> list[BaseRoute]:

@@ -7,11 +7,11 @@ and pass the result to `create_app(settings, catalog=...)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-RUNNERS = frozenset({"celery", "arq"})
+DEFAULT_RUNNER = "celery"  # what `POST /api/v1/jobs` uses when the body names none
 
 
 class UnknownTask(LookupError):
@@ -50,7 +50,7 @@ class TaskSpec:
 
     name: str
     params: tuple[IntParam, ...] = ()
-    runners: frozenset[str] = field(default_factory=lambda: RUNNERS)
+    runners: frozenset[str] | None = None  # None: every runner the app was given
     description: str = ""
 
     def validate(self, params: object) -> dict[str, Any]:
@@ -72,13 +72,16 @@ class Catalog:
     def with_tasks(self, specs: Iterable[TaskSpec]) -> Catalog:
         return Catalog({**self.tasks, **{spec.name: spec for spec in specs}})
 
-    def resolve(self, name: object, runner: object = "celery") -> TaskSpec:
-        if not isinstance(runner, str) or runner not in RUNNERS:
-            raise UnknownTask(f"unknown runner {str(runner)[:40]!r}: use 'celery' or 'arq'")
+    def resolve(self, name: object, runner: object, available: Collection[str]) -> TaskSpec:
+        """The spec of task `name` on `runner`, one of the `available` runners' names (the
+        runners given to `create_app`); `UnknownTask` saying which part is unknown."""
+        if not isinstance(runner, str) or runner not in available:
+            choices = ", ".join(repr(r) for r in sorted(available)) or "none"
+            raise UnknownTask(f"unknown runner {str(runner)[:40]!r}: this app has {choices}")
         spec = self.tasks.get(name) if isinstance(name, str) else None
         if spec is None:
             raise UnknownTask(f"unknown task {str(name)[:80]!r}")
-        if runner not in spec.runners:
+        if spec.runners is not None and runner not in spec.runners:
             raise UnknownTask(f"task {spec.name!r} does not run on {runner!r}")
         return spec
 

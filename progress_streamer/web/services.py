@@ -10,11 +10,11 @@ from starlette.requests import Request
 
 from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web.catalog import Catalog
 from progress_streamer.web.limits import StreamLimiter
 from progress_streamer.web.metrics import Metrics
-from progress_streamer.web.runners import JobRunner
 from progress_streamer.web.streaming.hub import SubscriptionHub
 from progress_streamer.web.streaming.keepalive import Keepalive
 from progress_streamer.web.tokens import TokenSigner

@@ -11,13 +11,14 @@ import pytest
 
 from progress_streamer.protocol.publisher import PublishOutcome
 from progress_streamer.redis_server import RedisServer
+from progress_streamer.web import JobRunner
 from tests.support.celery_worker import Worker, running_worker
 from tests.support.server import read_all, running_server
 
 pytestmark = pytest.mark.worker
 
 
-class Borrowed:
+class Borrowed(JobRunner):
     """The worker fixture's runner, lent to the app (which must not close it)."""
 
     def __init__(self, worker: Worker) -> None:

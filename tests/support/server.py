@@ -21,16 +21,16 @@ import uvicorn
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
+from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.redis_server import free_port
 from progress_streamer.web import create_app
 from progress_streamer.web.catalog import Catalog
-from progress_streamer.web.runners import JobRunner
 from progress_streamer.web.services import Services
 
 
-class FakeRunner:
+class FakeRunner(JobRunner):
     """A runner that publishes like a real one, without any task queue."""
 
     def __init__(self, settings: Settings) -> None:

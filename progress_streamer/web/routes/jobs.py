@@ -13,12 +13,12 @@ from starlette.responses import JSONResponse, Response
 
 from progress_streamer.protocol.event import ProgressEvent
 from progress_streamer.protocol.keys import is_valid_job_id
+from progress_streamer.protocol.runner import RUNNER_FIELD, JobRunner
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.auth import presented_token, require_api_key, require_token
-from progress_streamer.web.catalog import InvalidParams, UnknownTask
+from progress_streamer.web.catalog import DEFAULT_RUNNER, InvalidParams, UnknownTask
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.limits import read_json
-from progress_streamer.web.runners import RUNNER_FIELD, JobRunner
 from progress_streamer.web.services import Services, services_of
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,15 @@ async def create_job(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
-    runner_name = body.get("runner", "celery")
+    runner_name = body.get("runner", DEFAULT_RUNNER)
     try:
-        spec = services.catalog.resolve(body.get("task"), runner_name)
+        spec = services.catalog.resolve(body.get("task"), runner_name, services.runners)
         params = spec.validate(body.get("params"))
     except UnknownTask as exc:
         raise ApiError(422, "unknown_task", str(exc)) from None
     except InvalidParams as exc:
         raise ApiError(422, "invalid_params", str(exc)) from None
-    runner = services.runners.get(runner_name)
-    if runner is None:
-        raise ApiError(422, "unknown_task", f"runner {runner_name!r} is not available here")
+    runner = services.runners[runner_name]
     job_id = uuid.uuid4().hex
     await _remember_runner(services, job_id, runner_name)
     await anyio.to_thread.run_sync(runner.enqueue, job_id, spec.name, params)
@@ -103,11 +101,8 @@ async def job_status(request: Request) -> Response:
 async def _queue_status(services: Services, job_id: str) -> dict[str, Any] | None:
     """A job only its queue knows (ARQ, enqueued without `publish_pending`), or None."""
     for runner in services.runners.values():
-        lookup = getattr(runner, "aqueue_status", None)
-        if lookup is None:
-            continue
         try:
-            known = await lookup(job_id)
+            known = await runner.queue_status(job_id)
         except Exception:
             log.warning("could not ask a runner's queue about job %s", job_id, exc_info=True)
             continue
