@@ -8,6 +8,7 @@ only ever sees the two helpers in `ctx`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -18,16 +19,16 @@ from progress_streamer.protocol.event import (
     EventDraft,
     EventNotSerializable,
     EventTooLarge,
+    Report,
     check_report,
 )
-from progress_streamer.protocol.files import check_file
+from progress_streamer.protocol.files import check_file, file_fields
+from progress_streamer.protocol.outcome import error_of, result_error, shorter_errors
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
 from progress_streamer.protocol.status import JobStatus
-from progress_streamer.protocol.throttle import AsyncProgressThrottle, Report
+from progress_streamer.protocol.throttle import AsyncProgressThrottle
 
 log = logging.getLogger(__name__)
-
-MAX_ERROR_MESSAGE = 2000  # characters of an exception's message kept in a `failure` event
 
 
 class JobAlreadyFinished(RuntimeError):
@@ -84,9 +85,7 @@ class JobRun:
         key = self.publisher.keyspace.job(self.job_id).file
         async with self.publisher.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(
-                key, mapping={"name": name, "content_type": content_type, "data": bytes(data)}
-            )
+            pipe.hset(key, mapping=file_fields(name, data, content_type))
             pipe.expire(key, settings.job_ttl)
             await pipe.execute()
 
@@ -94,28 +93,19 @@ class JobRun:
         await self._flush()
         try:
             return await self._publish(JobStatus.SUCCESS, result=result)
-        except EventNotSerializable as exc:
-            return await self.fail_with("ResultNotSerializable", str(exc))
-        except EventTooLarge as exc:
-            return await self.fail_with("ResultTooLarge", str(exc))
+        except (EventNotSerializable, EventTooLarge) as exc:
+            return await self.fail_with(result_error(exc))
 
     async def fail(self, exc: BaseException) -> PublishOutcome:
-        return await self.fail_with(type(exc).__name__, str(exc))
+        return await self.fail_with(error_of(exc))
 
-    async def fail_with(self, error_type: str, message: str) -> PublishOutcome:
+    async def fail_with(self, error: ErrorInfo) -> PublishOutcome:
         """A `failure` event; a message too long for the event is cut, never refused."""
         await self._flush()
-        limit = MAX_ERROR_MESSAGE
-        while True:
-            text = message if len(message) <= limit else message[: max(limit - 3, 0)] + "..."
-            try:
-                return await self._publish(
-                    JobStatus.FAILURE, error=ErrorInfo(type=error_type[:200], message=text)
-                )
-            except EventTooLarge:
-                if limit == 0:
-                    raise
-                limit //= 4
+        for shorter in shorter_errors(error):
+            with contextlib.suppress(EventTooLarge):
+                return await self._publish(JobStatus.FAILURE, error=shorter)
+        raise EventTooLarge(f"a failure event of job {self.job_id} does not fit at all")
 
     async def revoke(self) -> PublishOutcome:
         """ARQ aborted the run; refused (and harmless) when our cancel already said so."""
@@ -157,15 +147,7 @@ class JobRun:
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
 
     async def _send(self, report: Report) -> None:
-        await self._publish(
-            JobStatus.PROGRESS,
-            step=report.step,
-            percent=report.percent,
-            current=report.current,
-            total=report.total,
-            message=report.message,
-            lease_seconds=self._lease,
-        )
+        await self._publish(JobStatus.PROGRESS, **report._asdict(), lease_seconds=self._lease)
 
     async def _flush(self) -> None:
         try:

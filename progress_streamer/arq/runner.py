@@ -22,8 +22,9 @@ from arq.jobs import Job, ResultNotFound
 from arq.jobs import JobStatus as ArqStatus
 
 from progress_streamer.arq.worker_settings import queue_name_of
-from progress_streamer.protocol.event import ErrorInfo, EventDraft
+from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.outcome import error_info, error_of
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
 from progress_streamer.protocol.runner import JobRunner, QueueStatus
 from progress_streamer.protocol.settings import Settings
@@ -118,7 +119,10 @@ class ArqRunner(JobRunner):
             return None
         if info.success:
             return QueueStatus(status=JobStatus.SUCCESS, result=_json_or_none(info.result))
-        error = ErrorInfo(type=type(info.result).__name__, message=str(info.result)[:500])
+        failure = info.result
+        if isinstance(failure, BaseException):
+            return QueueStatus(status=JobStatus.FAILURE, error=error_of(failure))
+        error = error_info(type(failure).__name__, str(failure))
         return QueueStatus(status=JobStatus.FAILURE, error=error)
 
     async def settle_pending(self, *, older_than: float, batch: int = 100) -> list[str]:
@@ -211,7 +215,7 @@ class ArqRunner(JobRunner):
                 raise EnqueueRefused(f"ARQ already has a job {job_id}")
         except Exception as exc:
             # The job will never run: end its stream rather than leave it pending forever.
-            error = ErrorInfo(type=type(exc).__name__, message=str(exc)[:500])
+            error = error_of(exc)
             await _quietly(
                 publisher.publish(EventDraft(job_id=job_id, status=JobStatus.FAILURE, error=error))
             )

@@ -31,6 +31,7 @@ from arq.worker import Function, Retry, func
 
 from progress_streamer.arq.run import JobAlreadyFinished, JobRun
 from progress_streamer.protocol.keys import is_valid_job_id
+from progress_streamer.protocol.outcome import error_info
 from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.settings import Settings
 
@@ -194,10 +195,14 @@ def _wrap(coroutine: Any, policy: _Policy) -> Any:
 async def _end_cancelled(run: JobRun, ctx: dict[Any, Any], policy: _Policy, elapsed: float) -> None:
     run_task: asyncio.Task[Any] | None = ctx.get(RUN_TASK)
     if policy.timeout_s and elapsed >= policy.timeout_s:
-        await run.fail_with("TimeoutError", f"the job ran over its {policy.timeout_s:g} s timeout")
+        await run.fail_with(
+            error_info("TimeoutError", f"the job ran over its {policy.timeout_s:g} s timeout")
+        )
     elif run_task is not None and run_task.cancelling():
         if not policy.retry_jobs:
-            await run.fail_with("CancelledError", "the worker shut down while the job ran")
+            await run.fail_with(
+                error_info("CancelledError", "the worker shut down while the job ran")
+            )
         # else: ARQ runs the job again; if no worker does, the lease rule ends it.
     else:
         await run.revoke()
@@ -208,7 +213,9 @@ async def _end_retry(run: JobRun, ctx: dict[Any, Any], policy: _Policy, exc: Ret
     if not policy.retry_jobs:
         await run.fail(exc)
     elif job_try >= policy.max_tries:
-        await run.fail_with("JobExecutionFailed", f"max {policy.max_tries} retries exceeded")
+        await run.fail_with(
+            error_info("JobExecutionFailed", f"max {policy.max_tries} retries exceeded")
+        )
     else:
         defer = (exc.defer_score or 0) / 1000
         await run.wait_for_rerun(defer, f"retrying (try {job_try + 1} of {policy.max_tries})")

@@ -13,12 +13,12 @@ import threading
 
 import redis
 
-from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.event import EventDraft, Report
 from progress_streamer.protocol.lease import LeaseHeartbeat
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
-from progress_streamer.protocol.throttle import ProgressThrottle, Report
+from progress_streamer.protocol.throttle import ProgressThrottle
 
 log = logging.getLogger(__name__)
 

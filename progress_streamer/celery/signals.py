@@ -17,6 +17,7 @@ A refused publish (the job is already terminal, e.g. cancelled) is logged and ig
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from typing import Any
@@ -33,12 +34,11 @@ from progress_streamer.protocol.event import (
     EventTooLarge,
 )
 from progress_streamer.protocol.keys import is_valid_job_id
+from progress_streamer.protocol.outcome import error_info, error_of, result_error, shorter_errors
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
 log = logging.getLogger(__name__)
-
-MAX_ERROR_MESSAGE_CHARS = 1000
 
 
 def on_before_task_publish(
@@ -83,10 +83,8 @@ def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     )
     try:
         finish(draft)
-    except EventNotSerializable as exc:
-        finish(failure_of(attempt, "ResultNotSerializable", f"the task's result {exc}"))
-    except EventTooLarge as exc:
-        finish(failure_of(attempt, "ResultTooLarge", f"the task's result is too large: {exc}"))
+    except (EventNotSerializable, EventTooLarge) as exc:
+        finish(failure_of(attempt, result_error(exc)))
     attempt.ended = True
 
 
@@ -102,14 +100,13 @@ def on_task_failure(
             return
         attempt.flush()
         attempt.stop()
-        finish(failure_of(attempt, type(exception).__name__, error_message(exception)))
+        finish(failure_of(attempt, error_of(exception)))
         attempt.ended = True
     elif isinstance(exception, WorkerLostError):  # in the parent: the child died
         message = f"the worker process running this job exited unexpectedly ({exception})"
         finish(EventDraft(job_id=task_id, status=JobStatus.FAILURE, error=worker_lost(message)))
     else:  # in the parent, e.g. a hard time limit
-        error = ErrorInfo(type=type(exception).__name__, message=error_message(exception))
-        finish(EventDraft(job_id=task_id, status=JobStatus.FAILURE, error=error))
+        finish(EventDraft(job_id=task_id, status=JobStatus.FAILURE, error=error_of(exception)))
 
 
 def on_task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
@@ -165,15 +162,17 @@ def publish(draft: EventDraft) -> bool:
 
 
 def finish(draft: EventDraft) -> None:
-    """Publish a terminal event, then drop the job from the sweeper's index."""
-    try:
+    """Publish a terminal event, then drop the job from the sweeper's index.
+
+    A `success` too large or not JSON raises (the caller turns it into a failure); a
+    failure always gets through, its message shortened until the event fits."""
+    if draft.error is None:
         publish(draft)
-    except EventTooLarge:
-        if draft.error is None:
-            raise
-        # A failure must get through, whatever the size of the exception's message.
-        short = ErrorInfo(type=draft.error.type[:100], message=draft.error.message[:100])
-        publish(replace(draft, error=short))
+    else:
+        for error in shorter_errors(draft.error):
+            with contextlib.suppress(EventTooLarge):
+                publish(replace(draft, error=error))
+                break
     forget_lease(draft.job_id)
 
 
@@ -184,24 +183,14 @@ def forget_lease(job_id: str) -> None:
         log.warning("job %s: lease index not cleared: %s", job_id, exc)
 
 
-def failure_of(attempt: RunningAttempt, kind: str, message: str) -> EventDraft:
+def failure_of(attempt: RunningAttempt, error: ErrorInfo) -> EventDraft:
     return EventDraft(
-        job_id=attempt.job_id,
-        status=JobStatus.FAILURE,
-        attempt=attempt.number,
-        error=ErrorInfo(type=kind, message=message[:MAX_ERROR_MESSAGE_CHARS]),
+        job_id=attempt.job_id, status=JobStatus.FAILURE, attempt=attempt.number, error=error
     )
 
 
 def worker_lost(message: str) -> ErrorInfo:
-    return ErrorInfo(type="WorkerLost", message=message[:MAX_ERROR_MESSAGE_CHARS])
-
-
-def error_message(exc: BaseException) -> str:
-    """What browsers see: the message only (an OSError's file names stay in the log)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)[:MAX_ERROR_MESSAGE_CHARS]
+    return error_info("WorkerLost", message)
 
 
 def on_worker_process_init(**_: Any) -> None:

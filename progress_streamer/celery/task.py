@@ -26,7 +26,7 @@ from celery.exceptions import Ignore
 from progress_streamer.celery.runtime import RunningAttempt, runtime
 from progress_streamer.celery.signals import install
 from progress_streamer.protocol import files
-from progress_streamer.protocol.event import check_report
+from progress_streamer.protocol.event import PROGRESS_FIELDS, check_report
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ProgressTask(Task):  # type: ignore[misc]
 
 def progress_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
     """`update_state` meta -> `progress` arguments; percent from current/total if absent."""
-    fields = {k: meta.get(k) for k in ("step", "percent", "current", "total", "message")}
+    fields = {k: meta.get(k) for k in PROGRESS_FIELDS}
     current, total = fields["current"], fields["total"]
     if fields["percent"] is None and type(current) is int and type(total) is int and total > 0:
         fields["percent"] = round(min(max(current / total, 0.0), 1.0) * 100, 2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from progress_streamer.protocol.keys import is_valid_job_id
 from progress_streamer.protocol.status import JobStatus
@@ -21,6 +21,21 @@ from progress_streamer.protocol.status import JobStatus
 SEQ_ROOM = len('"seq":,"attempt":,') + 32
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+class Report(NamedTuple):
+    """The progress fields of an event, defined once: the worker helpers take them in this
+    order, the throttle holds them as this tuple, and the status endpoint's `progress`
+    object has exactly these keys (`PROGRESS_FIELDS`)."""
+
+    step: str | None  #: the current stage's name ("fetching", "rendering")
+    percent: float | None  #: 0..100, never decreasing within one attempt
+    current: int | None  #: optional count done ("page 3 ...")
+    total: int | None  #: ... "of 40"
+    message: str | None  #: short human text
+
+
+PROGRESS_FIELDS: tuple[str, ...] = Report._fields
 
 
 class MalformedEvent(ValueError):
@@ -70,11 +85,7 @@ class EventDraft:
         check_fields(self)
         body = {
             "status": self.status.value,
-            "step": self.step,
-            "percent": self.percent,
-            "current": self.current,
-            "total": self.total,
-            "message": self.message,
+            **{name: getattr(self, name) for name in PROGRESS_FIELDS},
             "result": self.result,
             "error": None if self.error is None else self.error.as_dict(),
             "ts": self.ts,
@@ -164,6 +175,10 @@ class ProgressEvent:
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+    @property
+    def report(self) -> Report:
+        return Report(self.step, self.percent, self.current, self.total, self.message)
 
 
 def decode_event(raw: bytes | str) -> ProgressEvent:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio
 
-from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.keys import FileField, KeySpace
 from progress_streamer.protocol.settings import Settings
 
 MAX_NAME_CHARS = 255
@@ -67,9 +67,14 @@ def attach_file(
     key = KeySpace(settings.key_prefix).job(job_id).file
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(key)
-        pipe.hset(key, mapping={"name": name, "content_type": content_type, "data": bytes(data)})
+        pipe.hset(key, mapping=file_fields(name, data, content_type))
         pipe.expire(key, settings.job_ttl)
         pipe.execute()
+
+
+def file_fields(name: str, data: bytes, content_type: str) -> dict[str, str | bytes]:
+    """The file hash's fields, as both writers (sync for Celery, asyncio for ARQ) store them."""
+    return {FileField.NAME: name, FileField.CONTENT_TYPE: content_type, FileField.DATA: bytes(data)}
 
 
 async def read_file(
@@ -78,12 +83,13 @@ async def read_file(
     """The job's attached file, or None when it has none (or it expired)."""
     key = keyspace.job(job_id).file
     fields: dict[bytes, bytes] = await client.hgetall(key)  # type: ignore[misc]
-    if b"data" not in fields:
+    data = fields.get(FileField.DATA.encode())
+    if data is None:
         return None
+    name = fields.get(FileField.NAME.encode(), b"download")
+    content_type = fields.get(FileField.CONTENT_TYPE.encode(), b"application/octet-stream")
     return StoredFile(
-        name=fields.get(b"name", b"download").decode("utf-8", "replace"),
-        content_type=fields.get(b"content_type", b"application/octet-stream").decode(
-            "utf-8", "replace"
-        ),
-        data=fields[b"data"],
+        name=name.decode("utf-8", "replace"),
+        content_type=content_type.decode("utf-8", "replace"),
+        data=data,
     )

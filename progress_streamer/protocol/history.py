@@ -14,7 +14,7 @@ import redis
 import redis.asyncio
 
 from progress_streamer.protocol.event import ProgressEvent, decode_event
-from progress_streamer.protocol.keys import JobKeys
+from progress_streamer.protocol.keys import JobKeys, StateField
 from progress_streamer.protocol.scripts import READ_SINCE
 from progress_streamer.protocol.status import JobStatus
 
@@ -63,7 +63,7 @@ class JobReader:
         return catch_up_of(reply)
 
     async def snapshot(self, keys: JobKeys) -> ProgressEvent | None:
-        raw: bytes | None = await self.redis.hget(keys.state, "event")  # type: ignore[misc]
+        raw: bytes | None = await self.redis.hget(keys.state, StateField.EVENT)  # type: ignore[misc]
         return None if raw is None else decode_event(raw)
 
 
@@ -78,7 +78,7 @@ class SyncJobReader:
         return catch_up_of(self._read(keys=[keys.state, keys.history], args=[_after(after)]))
 
     def snapshot(self, keys: JobKeys) -> ProgressEvent | None:
-        raw = cast("bytes | None", self.redis.hget(keys.state, "event"))
+        raw = cast("bytes | None", self.redis.hget(keys.state, StateField.EVENT))
         return None if raw is None else decode_event(raw)
 
 

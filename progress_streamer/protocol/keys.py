@@ -1,4 +1,4 @@
-"""Every Redis key and channel name of a job, in one place.
+"""Every Redis key and channel name of a job, and the fields of its hashes, in one place.
 
 The job id sits in a Redis Cluster hash tag (`{<job_id>}`), so all of one job's keys and
 its channel map to one slot and the publish script only ever touches one job. Ids are
@@ -9,8 +9,30 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StateField(StrEnum):
+    """Fields of a job's state hash (`JobKeys.state`). The Lua scripts (`scripts.py`)
+    name the first six literally: change them together."""
+
+    SEQ = "seq"  #: the last accepted event's seq
+    STATUS = "status"  #: its status
+    ATTEMPT = "attempt"  #: the current attempt
+    PERCENT = "percent"  #: the attempt's highest percent (never decreases)
+    LEASE = "lease"  #: the running attempt's lease deadline, Redis time
+    EVENT = "event"  #: the snapshot: the last event's JSON
+    RUNNER = "runner"  #: which runner enqueued the job (for DELETE)
+
+
+class FileField(StrEnum):
+    """Fields of a job's attached file hash (`JobKeys.file`)."""
+
+    NAME = "name"
+    CONTENT_TYPE = "content_type"
+    DATA = "data"
 
 
 class InvalidJobId(ValueError):
@@ -61,10 +83,6 @@ class KeySpace:
         """Sorted set of the jobs the web app put on an ARQ queue and that have not started
         yet, by enqueue time: `ArqRunner.settle_pending` ends those ARQ failed unrun."""
         return f"{self.prefix}:arq:pending:{queue_name}"
-
-    @property
-    def watches(self) -> str:
-        return f"{self.prefix}:watch"
 
     def watch(self, watch_id: str) -> str:
         if not is_valid_job_id(watch_id):

@@ -19,8 +19,6 @@ from progress_streamer.protocol.event import ErrorInfo
 from progress_streamer.protocol.publisher import PublishOutcome
 from progress_streamer.protocol.status import JobStatus
 
-RUNNER_FIELD = "runner"  # on the job's state hash: which runner enqueued it (for DELETE)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStatus:

@@ -15,22 +15,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from time import monotonic  # a global, not an attribute: the hot path reads it per call
-from typing import NamedTuple
+
+from progress_streamer.protocol.event import Report
 
 log = logging.getLogger(__name__)
 
 _NEVER = float("-inf")
 _UNSET = object()
-
-
-class Report(NamedTuple):
-    """One progress report, as cheap to hold as a tuple."""
-
-    step: str | None
-    percent: float | None
-    current: int | None
-    total: int | None
-    message: str | None
 
 
 class ProgressThrottle:

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from progress_streamer.protocol.throttle import AsyncProgressThrottle, ProgressThrottle, Report
+from progress_streamer.protocol.event import Report
+from progress_streamer.protocol.throttle import AsyncProgressThrottle, ProgressThrottle
 
 
 class Recorder:

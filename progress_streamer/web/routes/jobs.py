@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from progress_streamer.protocol.event import ProgressEvent
-from progress_streamer.protocol.keys import is_valid_job_id
-from progress_streamer.protocol.runner import RUNNER_FIELD, JobRunner
+from progress_streamer.protocol.keys import FileField, StateField, is_valid_job_id
+from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.auth import presented_token, require_api_key, require_token
 from progress_streamer.web.catalog import DEFAULT_RUNNER, InvalidParams, UnknownTask
@@ -73,7 +73,7 @@ async def _remember_runner(services: Services, job_id: str, runner: str) -> None
     """Which runner cancels this job, on its state hash (same slot, same TTL)."""
     state = services.keyspace.job(job_id).state
     async with services.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(state, RUNNER_FIELD, runner)
+        pipe.hset(state, StateField.RUNNER, runner)
         pipe.expire(state, services.settings.job_ttl)
         await pipe.execute()
 
@@ -121,13 +121,7 @@ async def _queue_status(services: Services, job_id: str) -> dict[str, Any] | Non
 
 
 def status_body(event: ProgressEvent) -> dict[str, Any]:
-    progress = {
-        "step": event.step,
-        "percent": event.percent,
-        "current": event.current,
-        "total": event.total,
-        "message": event.message,
-    }
+    progress = event.report._asdict()
     return {
         "job_id": event.job_id,
         "status": event.status.value,
@@ -154,7 +148,7 @@ async def cancel_job(request: Request) -> Response:
 
 async def _runner_of(services: Services, job_id: str) -> JobRunner:
     state = services.keyspace.job(job_id).state
-    raw: bytes | None = await services.redis.hget(state, RUNNER_FIELD)  # type: ignore[misc]
+    raw: bytes | None = await services.redis.hget(state, StateField.RUNNER)  # type: ignore[misc]
     # Jobs sent by a user's own backend (a plain `.delay()`) carry no runner: Celery.
     name = raw.decode() if raw else "celery"
     runner = services.runners.get(name)
@@ -172,7 +166,7 @@ async def job_result(request: Request) -> Response:
         raise ApiError(409, "conflict", "the job has not finished")
     key = services.keyspace.job(job_id).file
     name, content_type, data = await services.redis.hmget(  # type: ignore[misc]
-        key, ["name", "content_type", "data"]
+        key, [FileField.NAME, FileField.CONTENT_TYPE, FileField.DATA]
     )
     if event.status is not JobStatus.SUCCESS or data is None:
         raise ApiError(404, "not_found", "the job attached no file")

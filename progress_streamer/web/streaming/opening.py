@@ -16,9 +16,10 @@ from redis.exceptions import RedisError
 from progress_streamer.protocol.history import CatchUp
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.services import Services
+from progress_streamer.web.streaming.frames import PING
 from progress_streamer.web.streaming.hub import HubUnavailable, state_lost
 from progress_streamer.web.streaming.response import EventStreamResponse
-from progress_streamer.web.streaming.subscriber import PING, Delivery, Sink, Subscriber, frame_of
+from progress_streamer.web.streaming.subscriber import Delivery, Sink, Subscriber, frame_of
 
 MAX_ID_DIGITS = 16
 
@@ -31,10 +32,6 @@ def parse_seq(raw: str | None) -> int | None:
     if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_ID_DIGITS:
         return None
     return int(raw)
-
-
-class GoneJob(Exception):
-    """A job of a single-job stream has no state (unknown or expired): 404."""
 
 
 class CaughtUp(Exception):

@@ -27,11 +27,11 @@ from starlette.types import Receive, Scope, Send
 
 from progress_streamer.web.metrics import Metrics
 from progress_streamer.web.streaming.direct_writer import DirectWriter
+from progress_streamer.web.streaming.frames import OPENING
 from progress_streamer.web.streaming.subscriber import Sink
 
 log = logging.getLogger(__name__)
 
-RETRY_MS = 2000
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -68,7 +68,7 @@ class EventStreamResponse:
         on_close: Callable[[], Awaitable[None]],
     ) -> None:
         self.source = source
-        self.first = b"retry: %d\n: stream\n\n" % RETRY_MS + first
+        self.first = OPENING + first
         self.send_timeout = send_timeout
         self.metrics = metrics
         self.on_close = on_close
@@ -94,6 +94,8 @@ class EventStreamResponse:
     async def run(self, receive: Receive, send: Send) -> None:
         """The body, from the first bytes to the end; frees what the stream holds."""
         writer = DirectWriter.of(send)
+        if writer is None:
+            _warn_once_without_direct_writes(send)
         # With the direct writer, the shared sweep sees a client that left (`writer.gone`)
         # within a tick; elsewhere, a listener task per stream waits for `http.disconnect`.
         listener = None
@@ -128,3 +130,22 @@ class EventStreamResponse:
         while (await receive())["type"] != "http.disconnect":
             pass
         self.source.disconnected()
+
+
+_warned = False
+
+
+def _warn_once_without_direct_writes(send: Send) -> None:
+    """Say once per process that streams take the slower ASGI path (direct_writer.py):
+    under another server, or an uvicorn whose internals changed."""
+    global _warned
+    if not _warned:
+        _warned = True
+        server = getattr(send, "__self__", send)
+        log.warning(
+            "event streams use plain ASGI sends under %s.%s: frames cannot be written "
+            "straight to the socket (that needs uvicorn's httptools protocol, "
+            "`--http httptools`); streams work, at a higher CPU cost per event",
+            type(server).__module__,
+            type(server).__qualname__,
+        )

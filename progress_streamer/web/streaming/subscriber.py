@@ -25,20 +25,21 @@ from typing import Protocol
 
 from progress_streamer.protocol.event import ProgressEvent
 from progress_streamer.protocol.status import JobStatus
-
-PING = b": ping\n\n"
+from progress_streamer.web.streaming.frames import PING, data_part, id_line
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """An event and its SSE frame (`id: <seq>\\ndata: <json>\\n\\n`), built once."""
+    """An event and its SSE frame, encoded once for all its clients (`frames.py`)."""
 
     event: ProgressEvent
-    frame: bytes
+    frame: bytes  # `id: <seq>` + `data`: what a job stream sends
+    data: bytes  # the `data:` part alone, which a watch stream puts after its cursor
 
 
 def frame_of(event: ProgressEvent) -> Delivery:
-    return Delivery(event, b"id: %d\ndata: %s\n\n" % (event.seq, event.raw))
+    data = data_part(event.raw)
+    return Delivery(event, id_line(event.seq) + data, data)
 
 
 class Sink(Protocol):
@@ -102,9 +103,6 @@ class Subscriber:
         """Keep live events of the job aside until `release` (a replay is on its way)."""
         self._held.setdefault(job_id, [])
 
-    def is_held(self, job_id: str) -> bool:
-        return job_id in self._held
-
     def release(self, job_id: str, replay: Iterable[Delivery]) -> None:
         """Queue the replay, then the live events that came meanwhile (deduplicated)."""
         held = self._held.pop(job_id, [])
@@ -162,7 +160,7 @@ class Subscriber:
         event = delivery.event
         self.cursor[event.job_id] = event.seq
         cursor = ".".join([str(self.cursor[job_id]) for job_id in self.job_ids])
-        return b"id: %s\ndata: %s\n\n" % (cursor.encode(), event.raw)
+        return id_line(cursor) + delivery.data
 
     def _coalesce(self, delivery: Delivery) -> bool:
         """Replace the job's last queued event with this one if both are `progress`."""

@@ -16,6 +16,7 @@ from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
+from progress_streamer.web.streaming import response
 from tests.support import ROOT
 from tests.support.server import eventually, publisher, running_server
 
@@ -67,6 +68,25 @@ async def test_a_stream_is_the_same_whether_frames_go_direct_or_through_asgi(
     data = [json.loads(line[6:]) for line in rest if line.startswith("data: ")]
     assert [d["percent"] for d in data[1:51]] == [float(p) for p in range(1, 51)]
     assert data[-1]["status"] == "success"
+
+
+async def test_streams_without_direct_writes_say_so_once(
+    settings: Settings,
+    pub: Publisher,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fallback to plain ASGI sends is never silent: one warning per process."""
+    monkeypatch.setattr(response, "_warned", False)
+    job = started_job(pub)
+    with running_server(settings, http="h11") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            for _ in range(2):
+                async with client.stream("GET", f"/api/v1/jobs/{job}/events") as stream:
+                    await past_the_preamble(stream.aiter_lines())
+    warnings = [r for r in caplog.records if "plain ASGI sends" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "h11" in warnings[0].getMessage()
 
 
 def dechunk(raw: bytes) -> tuple[bytes, bool]:
