@@ -12,8 +12,8 @@ from typing import Any
 
 from arq.worker import func
 
-from progress_streamer.arq.worker_settings import progress_worker_settings
-from progress_streamer.protocol.settings import Settings
+from progress_streamer.arq import progress_worker_settings
+from progress_streamer.protocol import Settings
 from workers.tasks.arq_demo import demo_fail, demo_report
 
 DEMO_FUNCTIONS = (

@@ -12,7 +12,6 @@ from typing import Any
 from celery import Celery
 
 from progress_streamer.celery import ProgressTask, install
-from progress_streamer.celery.runtime import runtime
 from progress_streamer.protocol import Settings
 
 TASK_MODULES = ("workers.tasks.celery_demo",)
@@ -39,7 +38,7 @@ def create_celery_app(settings: Settings | None = None, *, set_as_current: bool 
     app = Celery(
         "workers", task_cls=ProgressTask, include=list(TASK_MODULES), set_as_current=set_as_current
     )
-    app.add_defaults(lambda: celery_config(settings or runtime.settings))
+    app.add_defaults(lambda: celery_config(settings or Settings.from_env()))
     install(app, settings=settings)
     return app
 

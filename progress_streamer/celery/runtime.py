@@ -1,6 +1,6 @@
 """Per-process state of the Celery integration: settings, the Redis client, running attempts.
 
-The signal handlers (`celery_signals`) and the task class (`celery_task`) share one
+The signal handlers (`signals.py`) and the task class (`task.py`) share one
 `WorkerRuntime`. Its Redis client is built lazily in the process that uses it and
 rebuilt after a fork (a prefork pool child never shares its parent's connections).
 """

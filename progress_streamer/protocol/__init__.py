@@ -3,7 +3,16 @@ the publish script and the publishers. It imports neither Starlette, Celery nor 
 
 from __future__ import annotations
 
-from progress_streamer.protocol.event import ErrorInfo, EventDraft, ProgressEvent, decode_event
+from progress_streamer.protocol.event import (
+    ErrorInfo,
+    EventDraft,
+    EventNotSerializable,
+    EventTooLarge,
+    MalformedEvent,
+    ProgressEvent,
+    decode_event,
+)
+from progress_streamer.protocol.files import FileTooLarge
 from progress_streamer.protocol.keys import InvalidJobId, KeySpace, is_valid_job_id
 from progress_streamer.protocol.publisher import AsyncPublisher, Publisher, PublishOutcome
 from progress_streamer.protocol.settings import Settings, SettingsError
@@ -14,9 +23,13 @@ __all__ = [
     "AsyncPublisher",
     "ErrorInfo",
     "EventDraft",
+    "EventNotSerializable",
+    "EventTooLarge",
+    "FileTooLarge",
     "InvalidJobId",
     "JobStatus",
     "KeySpace",
+    "MalformedEvent",
     "ProgressEvent",
     "PublishOutcome",
     "Publisher",

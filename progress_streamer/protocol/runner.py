@@ -39,7 +39,8 @@ class JobRunner(Protocol):
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` through the publish script, then revoke the task.
 
-        Refused with reason `terminal` (answer 409) or `not_found` (404)."""
+        Refused with reason `terminal` (already finished) or `not_found` (no such job);
+        the route answers 409 for either, having answered 404 for an unknown job."""
         ...
 
     async def queue_status(self, job_id: str) -> QueueStatus | None:

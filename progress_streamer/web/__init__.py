@@ -3,7 +3,7 @@ API, the JS client and the demo page; tokens for jobs a user's own backend enque
 
 from __future__ import annotations
 
-from progress_streamer.protocol.runner import JobRunner
+from progress_streamer.protocol.runner import JobRunner, QueueStatus
 from progress_streamer.protocol.settings import Settings, SettingsError
 from progress_streamer.web.app import create_app
 from progress_streamer.web.catalog import (
@@ -21,6 +21,7 @@ __all__ = [
     "IntParam",
     "InvalidParams",
     "JobRunner",
+    "QueueStatus",
     "Settings",
     "SettingsError",
     "TaskSpec",

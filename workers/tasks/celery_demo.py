@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from progress_streamer.celery.task import ProgressTask
+from progress_streamer.celery import ProgressTask
 from workers.celery_app import app
 from workers.tasks.report import (
     fail_error,
