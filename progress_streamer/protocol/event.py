@@ -186,6 +186,8 @@ def decode_event(raw: bytes | str) -> ProgressEvent:
     data = raw.encode() if isinstance(raw, str) else raw
     try:
         obj = json.loads(data)
+    except RecursionError:  # nesting deeper than the parser's stack: not an event
+        raise MalformedEvent("JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):

@@ -46,6 +46,9 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+MAX_JSON_DEPTH = 32  # our bodies need a handful of levels
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The request's JSON body: 413 past `max_bytes` (without reading it all), 400 if bad."""
     declared = request.headers.get("content-length", "")
@@ -57,9 +60,27 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if len(body) > max_bytes:
             raise _too_large(max_bytes)
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not _nested_within(value, MAX_JSON_DEPTH):
+        raise ApiError(400, "invalid_json", f"the body is nested over {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _nested_within(value: Any, limit: int) -> bool:
+    """Whether no array or object in `value` lies deeper than `limit`. Checked without
+    recursion: a body that parses can still be deep enough that code formatting it
+    (`str()` in an error message) overflows the stack (RecursionError: a 500)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _too_large(max_bytes: int) -> ApiError:

@@ -30,6 +30,11 @@ class Metrics:
         self.redis_reconnects = Counter(
             "progress_redis_reconnects", "Times the shared pub/sub connection was lost", registry=r
         )
+        self.bad_messages = Counter(
+            "progress_bad_messages",
+            "Pub/sub messages skipped as not an event of their channel's job",
+            registry=r,
+        )
         self.streams_refused = Counter(
             "progress_streams_refused", "Streams answered 503 too_many_streams", registry=r
         )

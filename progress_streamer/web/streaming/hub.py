@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 1.0  # the reader wakes this often to check the connection's health
 HEALTH_SECONDS = 5.0  # a PING goes out when Redis was quiet this long
+BAD_MESSAGE_LOG_SECONDS = 10.0  # malformed messages are logged at most this often
 BACKOFF_MAX = 2.0
 CONFIRM_TIMEOUT = 5.0  # a stream waits this long for Redis to confirm its SUBSCRIBE
 
@@ -95,6 +96,8 @@ class SubscriptionHub:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # catch-ups under way
         self._closing = False
+        self._bad_messages = 0
+        self._bad_logged_at = float("-inf")
         self.connected = asyncio.Event()
 
     @property
@@ -261,16 +264,28 @@ class SubscriptionHub:
             if b"\n" in raw or b"\r" in raw:
                 raise MalformedEvent("line break in an event (it would break SSE framing)")
             event = decode_event(raw)
+            if event.job_id != channel.job_id:
+                raise MalformedEvent(f"an event of job {event.job_id} on this channel")
         except MalformedEvent as exc:
-            log.warning("skipping a malformed event on %s: %s", name, exc)
-            return
-        if event.job_id != channel.job_id:
-            log.warning("skipping an event of job %s on %s", event.job_id, name)
+            # No message content may end the reader (its one connection serves every
+            # stream): a bad one is counted, and logged at most once per interval.
+            self._skip_bad_message(name, exc)
             return
         delivery = frame_of(event)
         self.metrics.events_relayed.inc()
         for sub in channel.subscribers:
             sub.offer(delivery)
+
+    def _skip_bad_message(self, name: str, exc: Exception) -> None:
+        self.metrics.bad_messages.inc()
+        self._bad_messages += 1
+        now = time.monotonic()
+        if now >= self._bad_logged_at + BAD_MESSAGE_LOG_SECONDS:
+            log.warning(
+                "skipped %d malformed pub/sub message(s) in %.0f s, latest on %s: %s",
+                self._bad_messages, BAD_MESSAGE_LOG_SECONDS, name, exc,
+            )  # fmt: skip
+            self._bad_logged_at, self._bad_messages = now, 0
 
     def _catch_up(self, channel: _Channel) -> None:
         """After a (re)subscribe: queue, for every held client, what it missed."""

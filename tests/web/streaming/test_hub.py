@@ -158,3 +158,28 @@ async def test_malformed_messages_on_a_channel_are_skipped(
     assert rest == [2]
     assert b"not json" not in stream.raw
     pub.redis.close()
+
+
+async def test_no_message_content_ends_the_shared_reader(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace
+) -> None:
+    """Regression (issue 14, item 4): a 5 KB nested JSON array on a job's channel raised
+    RecursionError in the reader, dropping the one pub/sub connection of the process."""
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    nested = b"[" * 2500 + b"]" * 2500
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
+                assert json.loads((await anext(events)).data)["status"] == "started"
+                channel = keyspace.job(job).channel
+                for bad in (nested, b"not json", b'{"job_id": "other"}'):
+                    sync_redis.publish(channel, bad)
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result=1))
+                rest = [json.loads(e.data)["status"] async for e in events]
+        metrics = server.services.metrics
+        assert rest == ["success"]
+        assert metrics.bad_messages._value.get() == 3
+        assert metrics.redis_reconnects._value.get() == 0
+    pub.redis.close()
