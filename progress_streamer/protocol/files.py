@@ -1,13 +1,16 @@
 """Files a job attaches for download, stored in Redis beside the job's state.
 
 The worker writes with `attach_file` (sync; Celery) and the web app reads with
-`read_file` (asyncio). One hash per job, `KeySpace.job(id).file`, with the fields
-`name`, `content_type` and `data`, expiring with the job (the publish script refreshes
-its TTL on every event), so any web process can serve it whatever host the worker ran on.
+`file_info` and `read_chunks` (asyncio). One hash per job, `KeySpace.job(id).file`, with
+the fields `name`, `content_type`, `size`, `chunks` and the data in pieces of
+`CHUNK_BYTES` (`chunk:0`, `chunk:1`, ...), expiring with the job (the publish script
+refreshes its TTL on every event), so any web process can serve it whatever host the
+worker ran on, and a download holds one piece in memory at a time, not the whole file.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import redis
@@ -17,19 +20,25 @@ from progress_streamer.protocol.keys import FileField, KeySpace
 from progress_streamer.protocol.settings import Settings
 
 MAX_NAME_CHARS = 255
+CHUNK_BYTES = 64 * 1024  # what a download reads from Redis and writes to the socket at once
 
 
 class FileTooLarge(ValueError):
     """A file over `PROGRESS_MAX_FILE_BYTES`."""
 
 
+class FileChanged(RuntimeError):
+    """The file's pieces vanished during a download (it expired, or was replaced)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredFile:
-    """An attached file as the web app serves it."""
+    """An attached file's description, as the web app serves it."""
 
     name: str
     content_type: str
-    data: bytes
+    size: int
+    chunks: int
 
 
 def check_file(name: str, data: bytes, content_type: str, max_bytes: int) -> None:
@@ -72,24 +81,61 @@ def attach_file(
         pipe.execute()
 
 
-def file_fields(name: str, data: bytes, content_type: str) -> dict[str, str | bytes]:
-    """The file hash's fields, as both writers (sync for Celery, asyncio for ARQ) store them."""
-    return {FileField.NAME: name, FileField.CONTENT_TYPE: content_type, FileField.DATA: bytes(data)}
+def file_fields(name: str, data: bytes, content_type: str) -> dict[str, str | bytes | int]:
+    """The file hash's fields, as both writers (sync for Celery, asyncio for ARQ) store them:
+    the data in `CHUNK_BYTES` pieces, so a download reads one piece at a time."""
+    view = memoryview(bytes(data))
+    fields: dict[str, str | bytes | int] = {
+        FileField.NAME: name,
+        FileField.CONTENT_TYPE: content_type,
+        FileField.SIZE: len(view),
+        FileField.CHUNKS: chunk_count(len(view)),
+    }
+    for index in range(chunk_count(len(view))):
+        fields[chunk_field(index)] = bytes(view[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES])
+    return fields
 
 
-async def read_file(
+def chunk_count(size: int) -> int:
+    return -(-size // CHUNK_BYTES)
+
+
+def chunk_field(index: int) -> str:
+    return f"{FileField.CHUNK_PREFIX}{index}"
+
+
+async def file_info(
     client: redis.asyncio.Redis, keyspace: KeySpace, job_id: str
 ) -> StoredFile | None:
-    """The job's attached file, or None when it has none (or it expired)."""
+    """The job's attached file's name, type and size (not its data), or None."""
     key = keyspace.job(job_id).file
-    fields: dict[bytes, bytes] = await client.hgetall(key)  # type: ignore[misc]
-    data = fields.get(FileField.DATA.encode())
-    if data is None:
+    fields = [FileField.NAME, FileField.CONTENT_TYPE, FileField.SIZE, FileField.CHUNKS]
+    name, content_type, size, chunks = await client.hmget(key, fields)  # type: ignore[misc]
+    if size is None or chunks is None:
         return None
-    name = fields.get(FileField.NAME.encode(), b"download")
-    content_type = fields.get(FileField.CONTENT_TYPE.encode(), b"application/octet-stream")
     return StoredFile(
-        name=name.decode("utf-8", "replace"),
-        content_type=content_type.decode("utf-8", "replace"),
-        data=data,
+        name=(name or b"download").decode("utf-8", "replace"),
+        content_type=(content_type or b"application/octet-stream").decode("utf-8", "replace"),
+        size=int(size),
+        chunks=int(chunks),
     )
+
+
+async def read_chunks(
+    client: redis.asyncio.Redis, keyspace: KeySpace, job_id: str, stored: StoredFile
+) -> AsyncIterator[bytes]:
+    """The file's data, one chunk per Redis read; `FileChanged` if it vanished meanwhile."""
+    key = keyspace.job(job_id).file
+    for index in range(stored.chunks):
+        chunk: bytes | None = await client.hget(key, chunk_field(index))  # type: ignore[misc]
+        if chunk is None:
+            raise FileChanged(f"job {job_id}'s file expired or was replaced during a download")
+        yield chunk
+
+
+async def read_file(client: redis.asyncio.Redis, keyspace: KeySpace, job_id: str) -> bytes | None:
+    """The whole file's data, or None when it has none (for tests and small tools)."""
+    stored = await file_info(client, keyspace, job_id)
+    if stored is None:
+        return None
+    return b"".join([chunk async for chunk in read_chunks(client, keyspace, job_id, stored)])

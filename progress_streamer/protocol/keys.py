@@ -32,7 +32,9 @@ class FileField(StrEnum):
 
     NAME = "name"
     CONTENT_TYPE = "content_type"
-    DATA = "data"
+    SIZE = "size"  #: bytes in all
+    CHUNKS = "chunks"  #: how many `chunk:<i>` fields hold the data
+    CHUNK_PREFIX = "chunk:"  #: `chunk:0`, `chunk:1`, ...: the data in pieces
 
 
 class InvalidJobId(ValueError):

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio
 
 from progress_streamer.arq.runner import ArqRunner
-from progress_streamer.protocol.files import read_file
+from progress_streamer.protocol.files import file_info, read_file
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
@@ -56,11 +56,13 @@ async def test_demo_report_steps_through_and_attaches_its_csv(
     assert progress[0].step == "fetching"
     assert {"fetching", "rendering", "saving"} <= {e.step for e in progress}
     assert progress[-1].percent == 100.0
-    stored = await read_file(async_redis, KeySpace(demo_settings.key_prefix), job_id)
+    keyspace = KeySpace(demo_settings.key_prefix)
+    stored = await file_info(async_redis, keyspace, job_id)
     assert stored is not None
     assert (stored.name, stored.content_type) == (filename, "text/csv")
-    assert stored.data.startswith(b"page,region,units,revenue\r\n")
-    assert len(stored.data) == end.result["bytes"]
+    data = await read_file(async_redis, keyspace, job_id)
+    assert data is not None and data.startswith(b"page,region,units,revenue\r\n")
+    assert len(data) == stored.size == end.result["bytes"]
 
 
 async def test_demo_fail_fails_clearly_at_its_percent(

@@ -9,7 +9,14 @@ import redis
 import redis.asyncio
 
 from progress_streamer.protocol.event import EventDraft
-from progress_streamer.protocol.files import FileTooLarge, StoredFile, attach_file, read_file
+from progress_streamer.protocol.files import (
+    CHUNK_BYTES,
+    FileTooLarge,
+    StoredFile,
+    attach_file,
+    file_info,
+    read_file,
+)
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
@@ -27,9 +34,10 @@ async def test_a_file_round_trips_with_the_jobs_ttl(
     attach_file(sync_redis, settings, job, "a.csv", b"x,y\r\n", "text/csv")
     attach_file(sync_redis, settings, job, "report.csv", b"a,b\r\n1,2\r\n", "text/csv")
 
-    stored = await read_file(async_redis, keyspace, job)
+    stored = await file_info(async_redis, keyspace, job)
 
-    assert stored == StoredFile(name="report.csv", content_type="text/csv", data=b"a,b\r\n1,2\r\n")
+    assert stored == StoredFile(name="report.csv", content_type="text/csv", size=10, chunks=1)
+    assert await read_file(async_redis, keyspace, job) == b"a,b\r\n1,2\r\n"
     assert 590 <= sync_redis.ttl(keyspace.job(job).file) <= 600
     Publisher(sync_redis, settings.replace(job_ttl=900)).publish(
         EventDraft(job_id=job, status=JobStatus.STARTED)
@@ -60,3 +68,17 @@ def test_names_and_types_that_cannot_be_served_safely_are_refused(
 ) -> None:
     with pytest.raises(ValueError):
         attach_file(sync_redis, settings, uuid.uuid4().hex, name, b"x", content_type)
+
+
+async def test_a_large_file_is_stored_in_chunks_and_read_back_whole(
+    sync_redis: redis.Redis,
+    async_redis: redis.asyncio.Redis,
+    settings: Settings,
+    keyspace: KeySpace,
+) -> None:
+    job = uuid.uuid4().hex
+    data = bytes(range(256)) * (CHUNK_BYTES // 256 * 2 + 3)  # two chunks and a bit
+    attach_file(sync_redis, settings, job, "big.bin", data)
+    stored = await file_info(async_redis, keyspace, job)
+    assert stored is not None and (stored.size, stored.chunks) == (len(data), 3)
+    assert await read_file(async_redis, keyspace, job) == data

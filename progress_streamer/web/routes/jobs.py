@@ -12,11 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from progress_streamer.protocol.event import ProgressEvent
-from progress_streamer.protocol.keys import FileField, StateField, is_valid_job_id
+from progress_streamer.protocol.files import file_info, read_chunks
+from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.auth import presented_token, require_api_key, require_token
 from progress_streamer.web.catalog import DEFAULT_RUNNER, InvalidParams, UnknownTask
+from progress_streamer.web.download import FileDownload
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.limits import read_json
 from progress_streamer.web.services import Services, services_of
@@ -164,16 +166,16 @@ async def job_result(request: Request) -> Response:
     event = await _snapshot(services, job_id)
     if not event.is_terminal:
         raise ApiError(409, "conflict", "the job has not finished")
-    key = services.keyspace.job(job_id).file
-    name, content_type, data = await services.redis.hmget(  # type: ignore[misc]
-        key, [FileField.NAME, FileField.CONTENT_TYPE, FileField.DATA]
-    )
-    if event.status is not JobStatus.SUCCESS or data is None:
+    stored = await file_info(services.redis, services.keyspace, job_id)
+    if event.status is not JobStatus.SUCCESS or stored is None:
         raise ApiError(404, "not_found", "the job attached no file")
-    filename = (name or b"result").decode("utf-8", "replace")
-    media = (content_type or b"application/octet-stream").decode("latin-1")
-    headers = {"Content-Disposition": content_disposition(filename)}
-    return Response(bytes(data), media_type=_safe_media_type(media), headers=headers)
+    return FileDownload(
+        read_chunks(services.redis, services.keyspace, job_id, stored),
+        size=stored.size,
+        media_type=_safe_media_type(stored.content_type),
+        headers={"Content-Disposition": content_disposition(stored.name)},
+        send_timeout=services.settings.send_timeout,
+    )
 
 
 def content_disposition(filename: str) -> str:
@@ -189,7 +191,10 @@ def content_disposition(filename: str) -> str:
 
 
 def _safe_media_type(media: str) -> str:
+    """The stored type if it is a plausible header value; else a generic one (a control
+    or non-Latin-1 character would make the server drop the connection unanswered)."""
     media = media.strip()
-    if not media or any(c in media for c in "\r\n") or "/" not in media:
+    unsafe = any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in media)
+    if not media or unsafe or "/" not in media:
         return "application/octet-stream"
     return media

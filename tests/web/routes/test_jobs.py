@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.files import file_fields
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
@@ -147,12 +148,12 @@ async def test_result_download(
     pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result={"rows": 2}))
     assert (await client.get(f"/api/v1/jobs/{job}/result")).status_code == 404
     sync_redis.hset(
-        keyspace.job(job).file,
-        mapping={"name": "rapport é.csv", "content_type": "text/csv", "data": b"a,b\n1,2\n"},
+        keyspace.job(job).file, mapping=file_fields("rapport é.csv", b"a,b\n1,2\n", "text/csv")
     )
     response = await client.get(f"/api/v1/jobs/{job}/result")
     assert response.status_code == 200
     assert response.content == b"a,b\n1,2\n"
+    assert response.headers["content-length"] == "8"
     assert response.headers["content-type"].startswith("text/csv")
     assert response.headers["content-disposition"] == (
         "attachment; filename=\"rapport _.csv\"; filename*=UTF-8''rapport%20%C3%A9.csv"
