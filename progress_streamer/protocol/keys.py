@@ -86,6 +86,14 @@ class KeySpace:
         yet, by enqueue time: `ArqRunner.settle_pending` ends those ARQ failed unrun."""
         return f"{self.prefix}:arq:pending:{queue_name}"
 
+    def post_bucket(self, endpoint: str, client_tag: str) -> str:
+        """A client's token bucket for one POST endpoint (web/quotas.py)."""
+        return f"{self.prefix}:quota:rate:{endpoint}:{{{client_tag}}}"
+
+    def live_watches(self, client_tag: str) -> str:
+        """Sorted set of a client's live watch ids, by expiry (web/quotas.py)."""
+        return f"{self.prefix}:quota:live-watches:{{{client_tag}}}"
+
     def watch(self, watch_id: str) -> str:
         if not is_valid_job_id(watch_id):
             raise InvalidJobId(f"invalid watch id: {watch_id[:80]!r}")

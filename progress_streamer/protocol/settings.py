@@ -113,6 +113,9 @@ class Settings:
     max_stream_seconds: float = 3600.0
     shutdown_seconds: float = 5.0
     cors_origins: tuple[str, ...] = ()
+    post_rate: float = 5.0
+    post_burst: int = 30
+    max_watches_per_client: int = 100
 
     @property
     def broker_url(self) -> str:
@@ -188,6 +191,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROGRESS_MAX_STREAM_SECONDS": ("max_stream_seconds", _float(1.0)),
     "PROGRESS_SHUTDOWN_SECONDS": ("shutdown_seconds", _float(0.0)),
     "PROGRESS_CORS_ORIGINS": ("cors_origins", _origins),
+    "PROGRESS_POST_RATE": ("post_rate", _float(0.0)),
+    "PROGRESS_POST_BURST": ("post_burst", _int(1)),
+    "PROGRESS_MAX_WATCHES_PER_CLIENT": ("max_watches_per_client", _int(1)),
 }
 
 VARIABLE_NAMES = tuple(_VARIABLES)

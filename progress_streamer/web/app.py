@@ -32,6 +32,7 @@ from progress_streamer.web.errors import EXCEPTION_HANDLERS
 from progress_streamer.web.headers import ReferrerPolicy
 from progress_streamer.web.limits import StreamLimiter
 from progress_streamer.web.metrics import Metrics
+from progress_streamer.web.quotas import Quotas
 from progress_streamer.web.routes.health import healthz, metrics, readyz
 from progress_streamer.web.routes.job_events import job_events
 from progress_streamer.web.routes.jobs import cancel_job, create_job, job_result, job_status
@@ -138,6 +139,7 @@ def build_services(
         runners=runners,
         job_tokens=job_signer(settings),
         watch_tokens=watch_signer(settings),
+        quotas=Quotas(client, settings),
     )
 
 

@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web.errors import ApiError
-from progress_streamer.web.tokens import TokenSigner, Verdict
+from progress_streamer.web.tokens import Grant, TokenSigner, Verdict
 
 
 def presented_token(request: Request) -> str | None:
@@ -20,21 +20,34 @@ def presented_token(request: Request) -> str | None:
     return request.query_params.get("token") or None
 
 
+OPEN = Grant(Verdict.GRANTED, expires_at=float("inf"))  # what `PROGRESS_AUTH=none` grants
+
+
 def require_token(
-    settings: Settings, signer: TokenSigner, token: str | None, scope_id: str, what: str
-) -> None:
-    """401 unless the token is valid; 403 if it is valid for something else.
+    settings: Settings,
+    signer: TokenSigner,
+    token: str | None,
+    scope_id: str,
+    what: str,
+    *,
+    to_change: bool = False,
+) -> Grant:
+    """The token's grant: 401 unless it is valid; 403 if it is valid for something else,
+    or only for viewing when the request would change the job (`to_change`: cancel).
 
     Called before the job is looked up, so an unknown job with another job's token gets
     the same 403 as a known one (existence is not revealed).
     """
     if not settings.auth_enabled:
-        return
-    verdict = signer.verify(token, scope_id)
-    if verdict is Verdict.INVALID:
+        return OPEN
+    grant = signer.verify(token, scope_id)
+    if grant.verdict is Verdict.INVALID:
         raise ApiError(401, "unauthorized", f"a valid token for this {what} is required")
-    if verdict is Verdict.OTHER:
+    if grant.verdict is Verdict.OTHER:
         raise ApiError(403, "forbidden", f"the token does not grant access to this {what}")
+    if to_change and grant.view_only:
+        raise ApiError(403, "forbidden", f"a view-only token cannot change this {what}")
+    return grant
 
 
 def require_api_key(settings: Settings, request: Request) -> None:

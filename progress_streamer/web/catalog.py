@@ -7,7 +7,7 @@ and pass the result to `create_app(settings, catalog=...)`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,8 @@ class TaskSpec:
     params: tuple[IntParam, ...] = ()
     runners: frozenset[str] | None = None  # None: every runner the app was given
     description: str = ""
+    # A rule across parameters: the reason they are refused together, or None.
+    check: Callable[[Mapping[str, int]], str | None] | None = None
 
     def validate(self, params: object) -> dict[str, Any]:
         """The task's keyword arguments, defaults filled in; unknown names are refused."""
@@ -62,7 +64,11 @@ class TaskSpec:
         unknown = sorted(set(params) - {p.name for p in self.params})
         if unknown:
             raise InvalidParams(f"unknown parameter(s): {', '.join(map(str, unknown))[:200]}")
-        return {p.name: p.parse(params) for p in self.params}
+        values = {p.name: p.parse(params) for p in self.params}
+        reason = self.check(values) if self.check is not None else None
+        if reason is not None:
+            raise InvalidParams(reason)
+        return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,20 @@ class Catalog:
         return spec
 
 
+# The demo tasks are open to anyone who can reach the API: each is bounded to a few
+# minutes of a worker's time, whatever its parameters.
+DEMO_MAX_WORK_MS = 300_000
+
+
+def _bounded_work(steps: int, step_ms: int) -> str | None:
+    if steps * step_ms > DEMO_MAX_WORK_MS:
+        return (
+            f"{steps} steps of {step_ms} ms would take {steps * step_ms / 1000:g} s; "
+            f"a demo task may take at most {DEMO_MAX_WORK_MS // 1000} s"
+        )
+    return None
+
+
 DEMO_TASKS = (
     TaskSpec(
         name="demo.report",
@@ -94,6 +114,7 @@ DEMO_TASKS = (
             IntParam(name="step_ms", minimum=0, maximum=60000, default=200),
         ),
         description="Builds a CSV report in named steps and attaches it for download.",
+        check=lambda p: _bounded_work(p["steps"], p["step_ms"]),
     ),
     TaskSpec(
         name="demo.fail",
@@ -102,6 +123,8 @@ DEMO_TASKS = (
             IntParam(name="step_ms", minimum=0, maximum=60000, default=200),
         ),
         description="Fails with a clear error at the given percent.",
+        # It reports every 10 % up to `fail_at` (workers/tasks/report.py: fail_plan).
+        check=lambda p: _bounded_work(-(-p["fail_at"] // 10) + 1, p["step_ms"]),
     ),
 )
 

@@ -15,6 +15,7 @@ from progress_streamer.protocol.settings import Settings
 from progress_streamer.web.catalog import Catalog
 from progress_streamer.web.limits import StreamLimiter
 from progress_streamer.web.metrics import Metrics
+from progress_streamer.web.quotas import Quotas
 from progress_streamer.web.streaming.hub import SubscriptionHub
 from progress_streamer.web.streaming.keepalive import Keepalive
 from progress_streamer.web.tokens import TokenSigner
@@ -34,6 +35,7 @@ class Services:
     runners: Mapping[str, JobRunner]
     job_tokens: TokenSigner
     watch_tokens: TokenSigner
+    quotas: Quotas
 
 
 def services_of(request: Request) -> Services:

@@ -73,10 +73,10 @@ async def test_minted_tokens_work_and_expire(secured: Settings, client: httpx.As
         mint_token(secured.replace(secret=None), job)
     signer_settings = secured.replace(token_ttl=1)
     old = mint_token(signer_settings, job)
-    assert job_signer(signer_settings).verify(old, job).value == "granted"
+    assert job_signer(signer_settings).verify(old, job).verdict.value == "granted"
     expired = job_signer(signer_settings)
     expired.ttl = -1
-    assert expired.verify(old, job).value == "invalid"
+    assert expired.verify(old, job).verdict.value == "invalid"
 
 
 async def test_tokens_never_reach_the_access_log(secured: Settings) -> None:

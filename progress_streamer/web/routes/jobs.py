@@ -20,7 +20,7 @@ from progress_streamer.web.auth import presented_token, require_api_key, require
 from progress_streamer.web.catalog import DEFAULT_RUNNER, InvalidParams, UnknownTask
 from progress_streamer.web.download import FileDownload
 from progress_streamer.web.errors import ApiError
-from progress_streamer.web.limits import read_json
+from progress_streamer.web.limits import client_address, read_json
 from progress_streamer.web.services import Services, services_of
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,18 @@ def job_id_of(request: Request) -> str:
     return job_id
 
 
-def authorize(request: Request, services: Services, job_id: str) -> None:
+def authorize(
+    request: Request, services: Services, job_id: str, *, to_change: bool = False
+) -> None:
     token = presented_token(request)
-    require_token(services.settings, services.job_tokens, token, job_id, "job")
+    require_token(services.settings, services.job_tokens, token, job_id, "job", to_change=to_change)
 
 
 async def create_job(request: Request) -> Response:
     services = services_of(request)
     require_api_key(services.settings, request)
+    if services.settings.api_key is None:  # with a key, only trusted backends get here
+        await services.quotas.take("jobs", client_address(request))
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
@@ -138,7 +142,7 @@ def status_body(event: ProgressEvent) -> dict[str, Any]:
 async def cancel_job(request: Request) -> Response:
     services = services_of(request)
     job_id = job_id_of(request)
-    authorize(request, services, job_id)
+    authorize(request, services, job_id, to_change=True)
     await _snapshot(services, job_id)
     runner = await _runner_of(services, job_id)
     outcome = await anyio.to_thread.run_sync(runner.cancel, job_id)

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from progress_streamer.protocol.keys import is_valid_job_id
+from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.web.auth import presented_token, require_token
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.limits import client_address, read_json
@@ -28,18 +28,27 @@ MAX_JOBS = 100
 
 async def create_watch(request: Request) -> Response:
     services = services_of(request)
+    client = client_address(request)
+    await services.quotas.take("watches", client)
     body = await read_json(request, services.settings.max_body_bytes)
     job_ids = _requested_jobs(body)
+    expires_at = float("inf")
     for job_id, token in job_ids:
         if not is_valid_job_id(job_id):
             raise ApiError(404, "not_found", f"no such job: {str(job_id)[:80]!r}")
-        require_token(services.settings, services.job_tokens, token, job_id, f"job {job_id!r}")
+        grant = require_token(
+            services.settings, services.job_tokens, token, job_id, f"job {job_id!r}"
+        )
+        expires_at = min(expires_at, grant.expires_at)
     ids = [job_id for job_id, _ in job_ids]
-    await _check_exist(services, ids)
+    lifetime_ms = await _lifetime_of(services, ids)
     watch_id = uuid.uuid4().hex
+    await services.quotas.add_watch(client, watch_id, lifetime_ms)
     key = services.keyspace.watch(watch_id)
-    await services.redis.set(key, ",".join(ids), ex=services.settings.job_ttl)
-    token = services.watch_tokens.mint(watch_id) if services.settings.auth_enabled else None
+    await services.redis.set(key, ",".join(ids), px=lifetime_ms)
+    token = None
+    if services.settings.auth_enabled:  # never outlives the tokens it was made from
+        token = services.watch_tokens.mint(watch_id, expires_at=expires_at)
     events_url = f"{API}/watches/{watch_id}/events"
     body = {"watch_id": watch_id, "events_url": events_url, "token": token}
     return JSONResponse(body, status_code=201, headers={"Location": events_url})
@@ -60,14 +69,21 @@ def _requested_jobs(body: Any) -> list[tuple[Any, str | None]]:
     return pairs
 
 
-async def _check_exist(services: Services, job_ids: list[str]) -> None:
+async def _lifetime_of(services: Services, job_ids: list[str]) -> int:
+    """404 naming a job that does not exist; else how long (ms) the watch key should live:
+    as long as the longest-lived of its jobs' states (each event renews a job's TTL, so a
+    running job's is the whole `PROGRESS_JOB_TTL`), and never longer."""
     async with services.redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hexists(services.keyspace.job(job_id).state, "event")
-        found = await pipe.execute()
-    for job_id, exists in zip(job_ids, found, strict=True):
+            state = services.keyspace.job(job_id).state
+            pipe.hexists(state, StateField.EVENT)
+            pipe.pttl(state)
+        replies = await pipe.execute()
+    for job_id, exists in zip(job_ids, replies[::2], strict=True):
         if not exists:
             raise ApiError(404, "not_found", f"no such job: {job_id!r}")
+    longest = max(replies[1::2])
+    return longest if longest > 0 else services.settings.job_ttl * 1000
 
 
 async def watch_events(request: Request) -> Response | EventStreamResponse:

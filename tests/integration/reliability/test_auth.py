@@ -21,8 +21,15 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
-from progress_streamer.web.tokens import JOB_SALT, WATCH_SALT, job_signer, watch_signer
-from tests.support.reliability import report
+from progress_streamer.web.tokens import (
+    JOB_SALT,
+    WATCH_SALT,
+    Verdict,
+    job_signer,
+    mint_token,
+    watch_signer,
+)
+from tests.support.reliability import report, until
 from tests.support.server import FakeRunner, ServerThread, publisher, read_all, running_server
 
 SECRET = "auth-secret-0123456789-0123456789abcdef"
@@ -238,3 +245,65 @@ async def test_cors_is_off_unless_configured_and_never_echoes_other_origins(
             assert ok.headers["access-control-allow-origin"] == "https://app.example"
             assert "access-control-allow-credentials" not in ok.headers
     report("auth/cors", origins_tried=len(evil) + 1)
+
+
+class _NearlyExpiredSigner(TimestampSigner):
+    """Signs as if `TOKEN_TTL - 3` seconds ago: the token has 3 s left."""
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) - (TOKEN_TTL - 3)
+
+
+TOKEN_TTL = 3600
+
+
+async def test_a_watch_token_never_outlives_the_job_tokens_it_was_made_from(
+    secured: Settings,
+) -> None:
+    """Regression (issue 14, item 13): a job token 5 s from expiry was exchanged for a
+    watch token valid 24 hours more."""
+    settings = secured.replace(token_ttl=TOKEN_TTL)
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    serializer = URLSafeTimedSerializer(SECRET, salt=JOB_SALT, signer=_NearlyExpiredSigner)
+    nearly_expired = serializer.dumps(job)
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            body = {"jobs": [{"job_id": job, "token": nearly_expired}]}
+            created = (await client.post("/api/v1/watches", json=body)).json()
+            grant = watch_signer(settings).verify(created["token"], created["watch_id"])
+            assert grant.verdict is Verdict.GRANTED
+            assert grant.expires_at <= time.time() + 4  # not now + 1 h
+            url = created["events_url"]
+
+            async def refused() -> bool:
+                answer = await client.head(url, params={"token": created["token"]})
+                return answer.status_code == 401
+
+            took = await until(refused, 15, "the watch token expiring with the job token's")
+    pub.redis.close()
+    report("watch token expiry", seconds_after_creation=round(took, 1))
+
+
+async def test_a_view_only_token_may_watch_but_not_cancel(secured: Settings) -> None:
+    """Regression (issue 14, item 13): the token that lets a page watch also let it cancel."""
+    runner = FakeRunner(secured)
+    with running_server(secured, {"celery": runner}) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            created = (await client.post("/api/v1/jobs", json={"task": "demo.report"})).json()
+            job = created["job_id"]
+            viewer = mint_token(secured, job, view_only=True)
+            assert (await client.get(f"/api/v1/jobs/{job}", params={"token": viewer})).is_success
+            watch = await client.post(
+                "/api/v1/watches", json={"jobs": [{"job_id": job, "token": viewer}]}
+            )
+            assert watch.status_code == 201
+            refused = await client.delete(f"/api/v1/jobs/{job}", params={"token": viewer})
+            assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+            other = mint_token(secured, "someone-else", view_only=True)
+            wrong = await client.get(f"/api/v1/jobs/{job}", params={"token": other})
+            assert wrong.status_code == 403
+            full = await client.delete(f"/api/v1/jobs/{job}", params={"token": created["token"]})
+            assert full.status_code == 202
+    runner.close()
