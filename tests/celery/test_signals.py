@@ -112,9 +112,10 @@ def test_the_demo_report_attaches_its_csv(worker: Worker) -> None:
     stored = worker.redis.hgetall(worker.keyspace.job(job).file)
     assert stored[b"name"] == f"report-{job}.csv".encode()
     assert stored[b"content_type"] == b"text/csv"
-    lines = stored[b"data"].decode().splitlines()
+    data = stored[b"chunk:0"]  # a small file: one chunk
+    lines = data.decode().splitlines()
     assert lines[0] == "page,region,units,revenue" and len(lines) == 1 + 5 + 1
-    assert end.result["rows"] == 5 and end.result["bytes"] == len(stored[b"data"])
+    assert end.result["rows"] == 5 and end.result["bytes"] == len(data) == int(stored[b"size"])
     steps = [e.step for e in worker.events(job) if e.status == "progress"]
     assert steps[0] == "fetching" and "rendering" in steps and steps[-1] == "saving"
     percents = [e.percent for e in worker.events(job) if e.status == "progress"]
@@ -150,7 +151,7 @@ def test_unbound_tasks_use_the_module_level_helpers(worker: Worker) -> None:
     progress = [e for e in worker.events(job) if e.status == "progress"]
     assert [(e.step, e.percent, e.message) for e in progress] == [("unbound", 50, "half")]
     stored = worker.redis.hgetall(worker.keyspace.job(job).file)
-    assert stored[b"name"] == b"u.txt" and stored[b"data"] == b"hello"
+    assert stored[b"name"] == b"u.txt" and stored[b"chunk:0"] == b"hello"
 
 
 def test_a_task_run_inside_another_reports_to_its_own_job_and_the_outer_one_to_its(

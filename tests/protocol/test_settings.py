@@ -15,10 +15,14 @@ SPEC_VARIABLES = {
     "PROGRESS_MAX_STREAMS", "PROGRESS_MAX_STREAMS_PER_CLIENT", "PROGRESS_MAX_STREAM_SECONDS",
     "PROGRESS_SHUTDOWN_SECONDS", "PROGRESS_CORS_ORIGINS",
 }  # fmt: skip
+# Added by the hardening of issue 14 (docs/configuration.md).
+HARDENING_VARIABLES = {
+    "PROGRESS_POST_RATE", "PROGRESS_POST_BURST", "PROGRESS_MAX_WATCHES_PER_CLIENT",
+}  # fmt: skip
 
 
-def test_the_variables_are_exactly_those_of_the_spec() -> None:
-    assert set(VARIABLE_NAMES) == SPEC_VARIABLES
+def test_the_variables_are_exactly_those_of_the_spec_and_the_hardening() -> None:
+    assert set(VARIABLE_NAMES) == SPEC_VARIABLES | HARDENING_VARIABLES
 
 
 def test_defaults_match_the_spec() -> None:
