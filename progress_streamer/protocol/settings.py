@@ -115,7 +115,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     post_rate: float = 5.0
     post_burst: int = 30
-    max_watches_per_client: int = 100
+    max_watches_per_client: int = 1000
 
     @property
     def broker_url(self) -> str:
