@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
+from progress_streamer.celery.installer import install
 from progress_streamer.celery.runner import CeleryRunner
-from progress_streamer.celery.signals import install
 from progress_streamer.celery.task import ProgressTask, attach_file, progress
 
 __all__ = ["CeleryRunner", "ProgressTask", "attach_file", "install", "progress"]

@@ -14,8 +14,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from progress_streamer.celery.installer import install
 from progress_streamer.celery.runtime import runtime
-from progress_streamer.celery.signals import install
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome

@@ -7,13 +7,14 @@ rebuilt after a fork (a prefork pool child never shares its parent's connections
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 
 import redis
 
-from progress_streamer.protocol.event import EventDraft, Report
+from progress_streamer.protocol.event import EventDraft, EventTooLarge, Report
 from progress_streamer.protocol.lease import LeaseHeartbeat
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
 from progress_streamer.protocol.settings import Settings
@@ -133,13 +134,24 @@ class RunningAttempt:
             job_id=self.job_id, status=JobStatus.PROGRESS, attempt=self.number, **report._asdict()
         )
         try:
-            outcome = self.publisher.publish(draft)
+            outcome = self._publish_dropping_large_data(draft)
         except (redis.RedisError, OSError) as exc:
             # Progress is best effort: a Redis hiccup must not fail a long job.
             log.warning("job %s: progress not published: %s", self.job_id, exc)
             return
         if not outcome.accepted:
             log.debug("job %s: progress refused (%s)", self.job_id, outcome.reason)
+
+
+    def _publish_dropping_large_data(self, draft: EventDraft) -> PublishOutcome:
+        """An event too large only because of its `data` goes out without it."""
+        try:
+            return self.publisher.publish(draft)
+        except EventTooLarge as exc:
+            if draft.data is None:
+                raise
+            log.warning("job %s: progress data dropped: %s", self.job_id, exc)
+            return self.publisher.publish(dataclasses.replace(draft, data=None))
 
 
 runtime = WorkerRuntime()

@@ -18,13 +18,14 @@ A refused publish (the job is already terminal, e.g. cancelled) is logged and ig
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 from dataclasses import replace
 from typing import Any
 
 import redis
 from billiard.exceptions import WorkerLostError
-from celery import Celery, signals
+from celery import signals
 
 from progress_streamer.celery.runtime import RunningAttempt, runtime
 from progress_streamer.protocol.event import (
@@ -35,7 +36,6 @@ from progress_streamer.protocol.event import (
 )
 from progress_streamer.protocol.keys import is_valid_job_id
 from progress_streamer.protocol.outcome import error_info, error_of, result_error, shorter_errors
-from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -109,16 +109,32 @@ def on_task_failure(
         finish(EventDraft(job_id=task_id, status=JobStatus.FAILURE, error=error_of(exception)))
 
 
-def on_task_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
     attempt = runtime.attempt_of(getattr(request, "id", None))
     if attempt is None:
         return
     attempt.flush()
+    # Say so at once, so a bar does not look frozen through the countdown.
+    message = retry_message(request, reason, getattr(sender, "max_retries", None))
+    publish(EventDraft(job_id=attempt.job_id, status=JobStatus.PROGRESS,
+                       attempt=attempt.number, message=message))  # fmt: skip
     attempt.stop()
     # Between runs no heartbeat runs: take the job out of the sweeper's index.
     forget_lease(attempt.job_id)
     attempt.ended = True
     log.info("job %s: retry scheduled (%s)", attempt.job_id, reason)
+
+
+def retry_message(request: Any, reason: Any, max_retries: int | None) -> str:
+    """`retrying in 10 s (try 2 of 4)`, from Celery's `Retry` and the task's bounds."""
+    when = getattr(reason, "when", None)
+    if isinstance(when, datetime.datetime):
+        now = datetime.datetime.now(when.tzinfo)
+        when = max((when - now).total_seconds(), 0.0)
+    wait = f" in {when:.0f} s" if isinstance(when, int | float) else ""
+    next_try = int(getattr(request, "retries", 0) or 0) + 2
+    of = f" of {max_retries + 1}" if isinstance(max_retries, int) else ""
+    return f"retrying{wait} (try {next_try}{of})"
 
 
 def on_task_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
@@ -197,17 +213,11 @@ def on_worker_process_init(**_: Any) -> None:
     runtime.after_fork()
 
 
-def install(app: Celery | None = None, *, settings: Settings | None = None) -> None:
-    """Make `app`'s tasks stream: connect every handler (idempotent).
-
-    Celery's signals are process-wide, so the handlers serve every app of the process;
-    `app` is accepted so that the call reads as what it does for the user's own app, and
-    nothing of its configuration (result backend, serializers) is changed. `settings`
-    replaces the environment's (`Settings.from_env()`, read when first needed).
-    """
-    if settings is not None:
-        runtime.configure(settings)
-    connect()
+def connected() -> bool:
+    """Whether this process's handlers are connected (`task_prerun` stands for all)."""
+    return bool(signals.task_prerun.has_listeners()) and any(
+        receiver() is on_task_prerun for _, receiver in signals.task_prerun.receivers
+    )
 
 
 def connect() -> None:

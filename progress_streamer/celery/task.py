@@ -14,6 +14,7 @@ task running in this thread). Reports go through the throttle of the running att
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping
@@ -23,14 +24,13 @@ from celery import Celery, Task, current_task
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 
+from progress_streamer.celery import signals
 from progress_streamer.celery.runtime import RunningAttempt, runtime
-from progress_streamer.celery.signals import install
+from progress_streamer.celery.update_state import stream_update_state
 from progress_streamer.protocol import files
-from progress_streamer.protocol.event import PROGRESS_FIELDS, check_report
+from progress_streamer.protocol.event import check_report
 
 log = logging.getLogger(__name__)
-
-PROGRESS_STATE = "PROGRESS"
 
 # The ProgressTask running in this thread and its attempt (None outside a worker run):
 # `progress()` is called in tight loops, and `self.request` alone costs ~0.7 µs.
@@ -43,7 +43,7 @@ class ProgressTask(Task):  # type: ignore[misc]
     @classmethod
     def bind(cls, app: Celery) -> Any:
         """Binding the class to an app connects the handlers: `task_cls=` alone streams."""
-        install(app)
+        signals.connect()
         return super().bind(app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -83,9 +83,8 @@ class ProgressTask(Task):  # type: ignore[misc]
         meta: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Celery's idiom; `state="PROGRESS"` streams its meta's progress fields too."""
-        if state == PROGRESS_STATE and task_id in (None, self.request.id):
-            self.progress(**progress_fields(meta or {}))
+        """Celery's idiom; `PROGRESS` and custom states stream too (update_state.py)."""
+        stream_update_state(self, task_id, state, meta)
         if not isinstance(self.backend, DisabledBackend):
             super().update_state(task_id=task_id, state=state, meta=meta, **kwargs)
 
@@ -97,15 +96,6 @@ class ProgressTask(Task):  # type: ignore[misc]
         if job_id is None:
             raise RuntimeError("attach_file needs a running task (no task id)")
         files.attach_file(runtime.redis, runtime.settings, job_id, name, data, content_type)
-
-
-def progress_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """`update_state` meta -> `progress` arguments; percent from current/total if absent."""
-    fields = {k: meta.get(k) for k in PROGRESS_FIELDS}
-    current, total = fields["current"], fields["total"]
-    if fields["percent"] is None and type(current) is int and type(total) is int and total > 0:
-        fields["percent"] = round(min(max(current / total, 0.0), 1.0) * 100, 2)
-    return fields
 
 
 def progress(
@@ -139,7 +129,18 @@ def _current_task_id() -> str | None:
 def _running(job_id: str | None) -> RunningAttempt | None:
     attempt = runtime.attempt_of(job_id)
     if attempt is None:
+        if job_id is not None and not signals.connected():
+            _warn_unconnected_once()
         log.debug("progress of task %s outside a worker run: not published", job_id)
     elif attempt.refused:
         return None
     return attempt
+
+
+@functools.cache
+def _warn_unconnected_once() -> None:
+    log.warning(
+        "progress reported, but no progress_streamer handler is connected in this "
+        "process, so nothing is published: call progress_streamer.celery.install(app) "
+        "where the Celery app is defined (or use task_cls=ProgressTask)"
+    )

@@ -26,16 +26,18 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=
 class Report(NamedTuple):
     """The progress fields of an event, defined once: the worker helpers take them in this
     order, the throttle holds them as this tuple, and the status endpoint's `progress`
-    object has exactly these keys (`PROGRESS_FIELDS`)."""
+    object has exactly the first five as keys (`PROGRESS_FIELDS`); `data` is shown beside
+    it."""
 
     step: str | None  #: the current stage's name ("fetching", "rendering")
     percent: float | None  #: 0..100, never decreasing within one attempt
     current: int | None  #: optional count done ("page 3 ...")
     total: int | None  #: ... "of 40"
     message: str | None  #: short human text
+    data: dict[str, Any] | None = None  #: extra keys a task reported (`update_state` meta)
 
 
-PROGRESS_FIELDS: tuple[str, ...] = Report._fields
+PROGRESS_FIELDS: tuple[str, ...] = Report._fields[:5]
 
 
 class MalformedEvent(ValueError):
@@ -76,6 +78,7 @@ class EventDraft:
     result: Any = None
     error: ErrorInfo | None = None
     ts: float = 0.0
+    data: dict[str, Any] | None = None
 
     def encode(self, max_bytes: int) -> tuple[bytes, bytes]:
         """The JSON's two halves, around where the script puts `"seq":N,"attempt":A,`.
@@ -89,6 +92,7 @@ class EventDraft:
             "result": self.result,
             "error": None if self.error is None else self.error.as_dict(),
             "ts": self.ts,
+            "data": self.data,
         }
         try:
             tail = _encoder.encode(body)[1:].encode()
@@ -110,6 +114,8 @@ def check_fields(draft: EventDraft) -> None:
         raise ValueError(f"invalid job id {draft.job_id!r}")
     if draft.attempt is not None and (type(draft.attempt) is not int or draft.attempt < 1):
         raise ValueError(f"attempt must be an int >= 1, not {draft.attempt!r}")
+    if draft.data is not None and not isinstance(draft.data, dict):
+        raise ValueError(f"data must be a JSON object or None, not {type(draft.data).__name__}")
     check_report(draft.step, draft.percent, draft.current, draft.total, draft.message)
 
 
@@ -171,6 +177,7 @@ class ProgressEvent:
     error: ErrorInfo | None
     ts: float
     raw: bytes
+    data: dict[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -178,7 +185,7 @@ class ProgressEvent:
 
     @property
     def report(self) -> Report:
-        return Report(self.step, self.percent, self.current, self.total, self.message)
+        return Report(self.step, self.percent, self.current, self.total, self.message, self.data)
 
 
 def decode_event(raw: bytes | str) -> ProgressEvent:
@@ -225,6 +232,7 @@ def _from_dict(obj: dict[str, Any], raw: bytes) -> ProgressEvent:
         error=None if error is None else _error(error),
         ts=float(ts),
         raw=raw,
+        data=_opt(obj.get("data"), dict),
     )
 
 

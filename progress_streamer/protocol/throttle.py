@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from time import monotonic  # a global, not an attribute: the hot path reads it per call
+from typing import Any
 
 from progress_streamer.protocol.event import Report
 
@@ -33,8 +34,7 @@ class ProgressThrottle:
         self._lock = threading.Lock()
         self._coalesce_until = _NEVER  # the last send plus the interval
         self._last_step: object = _UNSET
-        self._pending: tuple[str | None, float | None, int | None, int | None, str | None] | None
-        self._pending = None
+        self._pending: tuple[Any, ...] | None = None  # a Report's fields, not yet a Report
         self._timer: threading.Timer | None = None
         self._deferred_error: Exception | None = None
 
@@ -45,13 +45,14 @@ class ProgressThrottle:
         current: int | None = None,
         total: int | None = None,
         message: str | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         now = monotonic()
         if now < self._coalesce_until and step == self._last_step:
             # The hot path takes no lock: under the GIL, storing the tuple is atomic and
             # `_on_timer` clears `_timer` before it takes `_pending`, so a value stored
             # here is either taken by a running timer or starts a new one.
-            self._pending = (step, percent, current, total, message)
+            self._pending = (step, percent, current, total, message, data)
             if self._timer is None:
                 with self._lock:
                     if self._timer is None and self._pending is not None:
@@ -64,7 +65,7 @@ class ProgressThrottle:
                 self._raise_deferred()
             self._pending = None
             self._coalesce_until, self._last_step = now + self._interval, step
-            self._send(Report(step, percent, current, total, message))
+            self._send(Report(step, percent, current, total, message, data))
 
     def _raise_deferred(self) -> None:
         error, self._deferred_error = self._deferred_error, None
@@ -132,13 +133,14 @@ class AsyncProgressThrottle:
         current: int | None = None,
         total: int | None = None,
         message: str | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         now = time.monotonic()
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
             raise error
         if step == self._last_step and now - self._last_sent < self._interval:
-            self._pending = Report(step, percent, current, total, message)
+            self._pending = Report(step, percent, current, total, message, data)
             if self._timer is None:
                 loop = asyncio.get_running_loop()
                 delay = max(self._last_sent + self._interval - now, 0.0)
@@ -147,7 +149,7 @@ class AsyncProgressThrottle:
         self._pending = None
         self._last_sent, self._last_step = now, step
         async with self._lock:
-            await self._send(Report(step, percent, current, total, message))
+            await self._send(Report(step, percent, current, total, message, data))
 
     async def flush(self) -> None:
         self._cancel_timer()

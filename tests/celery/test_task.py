@@ -7,7 +7,6 @@ import io
 
 import pytest
 
-from progress_streamer.celery.task import progress_fields
 from progress_streamer.protocol.event import check_report
 from workers.tasks.report import (
     fail_error,
@@ -45,15 +44,6 @@ def test_demo_fail_reports_up_to_the_asked_percent() -> None:
     assert [s.percent for s in fail_plan(35)] == [0, 10, 20, 30, 35]
     assert [s.percent for s in fail_plan(0)] == [0]
     assert str(fail_error(35)) == "demo.fail failed at 35% as asked"
-
-
-def test_update_state_meta_maps_to_progress_fields() -> None:
-    assert progress_fields({"step": "s", "percent": 5, "extra": 1}) == {
-        "step": "s", "percent": 5, "current": None, "total": None, "message": None,
-    }  # fmt: skip
-    assert progress_fields({"current": 1, "total": 4})["percent"] == 25.0
-    assert progress_fields({"current": 9, "total": 4})["percent"] == 100.0
-    assert progress_fields({"current": 1, "total": 0})["percent"] is None
 
 
 @pytest.mark.parametrize(

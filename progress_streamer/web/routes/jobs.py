@@ -11,7 +11,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from progress_streamer.protocol.event import ProgressEvent
+from progress_streamer.protocol.event import PROGRESS_FIELDS, ProgressEvent
 from progress_streamer.protocol.files import file_info, read_chunks
 from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.protocol.runner import JobRunner
@@ -127,8 +127,8 @@ async def _queue_status(services: Services, job_id: str) -> dict[str, Any] | Non
 
 
 def status_body(event: ProgressEvent) -> dict[str, Any]:
-    progress = event.report._asdict()
-    return {
+    progress = {name: getattr(event, name) for name in PROGRESS_FIELDS}
+    body = {
         "job_id": event.job_id,
         "status": event.status.value,
         "attempt": event.attempt,
@@ -137,6 +137,9 @@ def status_body(event: ProgressEvent) -> dict[str, Any]:
         "error": None if event.error is None else event.error.as_dict(),
         "seq": event.seq,
     }
+    if event.data is not None:  # extra keys the task reported (SPEC v2): only when it did
+        body["data"] = event.data
+    return body
 
 
 async def cancel_job(request: Request) -> Response:
