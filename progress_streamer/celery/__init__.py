@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from progress_streamer.celery.installer import install
 from progress_streamer.celery.runner import CeleryRunner
-from progress_streamer.celery.task import ProgressTask, attach_file, progress
+from progress_streamer.celery.task import ProgressTask, attach_file, progress, track
 
-__all__ = ["CeleryRunner", "ProgressTask", "attach_file", "install", "progress"]
+__all__ = ["CeleryRunner", "ProgressTask", "attach_file", "install", "progress", "track"]

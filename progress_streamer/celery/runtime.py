@@ -142,7 +142,6 @@ class RunningAttempt:
         if not outcome.accepted:
             log.debug("job %s: progress refused (%s)", self.job_id, outcome.reason)
 
-
     def _publish_dropping_large_data(self, draft: EventDraft) -> PublishOutcome:
         """An event too large only because of its `data` goes out without it."""
         try:

@@ -151,6 +151,15 @@ class AsyncProgressThrottle:
         async with self._lock:
             await self._send(Report(step, percent, current, total, message, data))
 
+    def offer(self, report: Report) -> None:
+        """`report` without awaiting, for sync code on the loop (`track` in an ARQ job):
+        kept as the latest value and sent by the timer, at most once per interval."""
+        self._pending = report
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            delay = max(self._last_sent + self._interval - time.monotonic(), 0.0)
+            self._timer = loop.call_later(delay, self._on_timer)
+
     async def flush(self) -> None:
         self._cancel_timer()
         if self._flushing is not None:

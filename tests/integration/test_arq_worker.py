@@ -78,6 +78,17 @@ async def test_progress_through_the_ctx_helper_is_throttled_and_flushed(
     assert percents == sorted(percents)
 
 
+async def test_track_counts_a_loop_through_ctx(
+    runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
+) -> None:
+    job_id = await run(runner, "tracked_job", n=200_000)
+    end = await wait_for_status(async_redis, arq_settings, job_id)
+    progress = [e for e in await history(async_redis, arq_settings, job_id) if e.current]
+    assert end.status == JobStatus.SUCCESS and end.result == 200_000
+    assert progress[-1].current == progress[-1].total == 200_000
+    assert progress[-1].percent == 100.0 and progress[-1].step == "counting"
+
+
 async def test_a_failure_carries_the_exception_without_a_traceback(
     runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
 ) -> None:

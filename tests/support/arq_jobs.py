@@ -27,6 +27,10 @@ async def with_progress_job(ctx: dict[Any, Any], total: int) -> str:
     return "counted"
 
 
+async def tracked_job(ctx: dict[Any, Any], n: int) -> int:
+    return sum(1 for _ in ctx["track"](range(n), step="counting"))
+
+
 async def broken(ctx: dict[Any, Any]) -> None:
     raise ValueError("broken on purpose")
 
@@ -65,6 +69,7 @@ async def saw_user_hook(ctx: dict[Any, Any]) -> bool:
 FUNCTIONS = [
     echo,
     with_progress_job,
+    tracked_job,
     broken,
     sleeper,
     not_json,

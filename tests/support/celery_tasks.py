@@ -109,3 +109,16 @@ def nested(self: Any, inner_job: str) -> str:
 def inner(self: Any) -> str:
     self.progress(step="inner", percent=50)
     return "inner"
+
+
+@app.task(bind=True, name="tests.tracked")
+def tracked(self: Any, n: int, sized: bool) -> int:
+    """A hot loop counted by `self.track`, over a list or over a generator."""
+    items = list(range(n)) if sized else (i for i in range(n))
+    return sum(1 for _ in self.track(items, step="counting"))
+
+
+@app.task(name="tests.tracked_unbound")
+def tracked_unbound(n: int) -> int:
+    """The same without `self`: `progress_streamer.celery.track`."""
+    return sum(1 for _ in celery_task.track(range(n), step="counting"))
