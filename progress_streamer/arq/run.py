@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from progress_streamer.protocol.estimate import RateEstimator
 from progress_streamer.protocol.event import (
     ErrorInfo,
     EventDraft,
@@ -24,6 +26,7 @@ from progress_streamer.protocol.event import (
     check_report,
 )
 from progress_streamer.protocol.files import check_file, file_fields
+from progress_streamer.protocol.log_lines import LogLines
 from progress_streamer.protocol.outcome import error_of, result_error, shorter_errors
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
 from progress_streamer.protocol.status import JobStatus
@@ -48,6 +51,9 @@ class JobRun:
         self.attempt = max(job_try, 1)  # a minimum: the script assigns the real attempt
         self._lease = publisher.settings.lease_seconds
         self._throttle = AsyncProgressThrottle(self._send, publisher.settings.throttle_ms)
+        self._estimator = RateEstimator()
+        self._lines = LogLines(publisher.settings.log_lines_per_second)
+        self._last_sent = Report(None, None, None, None, None)
         self._heartbeat: asyncio.Task[None] | None = None
         self._ended = False  # a terminal event was published, or refused as too late
 
@@ -167,13 +173,27 @@ class JobRun:
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
 
     async def _send(self, report: Report) -> None:
-        await self._publish(JobStatus.PROGRESS, **report._asdict(), lease_seconds=self._lease)
+        self._last_sent = report
+        rate, eta = self._estimator.observe(report, time.monotonic())
+        await self._publish(
+            JobStatus.PROGRESS, **report._asdict(), rate=rate, eta_seconds=eta,
+            lease_seconds=self._lease,
+        )  # fmt: skip
 
     async def _flush(self) -> None:
         try:
             await self._throttle.flush()
+            await self._send_lines(self._lines.take_dropped())
         except Exception as exc:  # the last progress value must not block the final event
             log.warning("job %s: last progress report not sent: %s", self.job_id, exc)
+
+    async def log(self, text: str) -> None:
+        """`ctx["log"]`: a live log line, never coalesced, bounded per second."""
+        await self._send_lines(self._lines.admit(text))
+
+    async def _send_lines(self, lines: list[str]) -> None:
+        for line in lines:  # with the last progress sent, so the snapshot still shows it
+            await self._publish(JobStatus.PROGRESS, log=line, **self._last_sent._asdict())
 
     async def _publish(
         self, status: JobStatus, *, lease_seconds: float | None = None, **fields: Any

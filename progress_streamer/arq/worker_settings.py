@@ -170,7 +170,8 @@ def _wrap(coroutine: Any, policy: _Policy) -> Any:
         started = ctx.get(RUN_STARTED, loop.time())
         run = JobRun(publisher, ctx["job_id"], ctx.get("job_try") or 1)
         await run.start()
-        ctx["progress"], ctx["attach_file"], ctx["track"] = run.progress, run.attach_file, run.track
+        ctx["progress"], ctx["attach_file"] = run.progress, run.attach_file
+        ctx["track"], ctx["log"] = run.track, run.log
         try:
             result = await coroutine(ctx, *args, **kwargs)
         except asyncio.CancelledError:

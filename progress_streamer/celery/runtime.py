@@ -11,11 +11,14 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 
 import redis
 
+from progress_streamer.protocol.estimate import RateEstimator
 from progress_streamer.protocol.event import EventDraft, EventTooLarge, Report
 from progress_streamer.protocol.lease import LeaseHeartbeat
+from progress_streamer.protocol.log_lines import LogLines
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
@@ -104,6 +107,9 @@ class RunningAttempt:
         self.ended = False  # a terminal event was published (or refused) for this run
         self.heartbeat: LeaseHeartbeat | None = None
         self.throttle = ProgressThrottle(self._send, publisher.settings.throttle_ms)
+        self.estimator = RateEstimator()
+        self.lines = LogLines(publisher.settings.log_lines_per_second)
+        self._last_sent = Report(None, None, None, None, None)
 
     def start(self, minimum_attempt: int) -> PublishOutcome:
         """Publish `started` (granting the first lease) and start the heartbeat."""
@@ -117,11 +123,28 @@ class RunningAttempt:
         return outcome
 
     def flush(self) -> None:
-        """Send the coalesced last report before a status change; never fails the job."""
+        """Send the coalesced last report (and the count of dropped log lines) before a
+        status change; never fails the job."""
         try:
             self.throttle.flush()
+            self._send_lines(self.lines.take_dropped())
         except Exception as exc:
             log.warning("job %s: last progress report not sent: %s", self.job_id, exc)
+
+    def log(self, text: str) -> None:
+        """Publish a log line now (never coalesced), within the attempt's bound."""
+        self._send_lines(self.lines.admit(text))
+
+    def _send_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            # The line carries the last progress sent, so the snapshot still shows it.
+            fields = self._last_sent._asdict()
+            draft = EventDraft(job_id=self.job_id, status=JobStatus.PROGRESS,
+                               attempt=self.number, log=line, **fields)  # fmt: skip
+            try:
+                self.publisher.publish(draft)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("job %s: log line not published: %s", self.job_id, exc)
 
     def stop(self) -> None:
         """The attempt is over: drop pending reports, stop the heartbeat."""
@@ -130,9 +153,12 @@ class RunningAttempt:
             self.heartbeat.stop()
 
     def _send(self, report: Report) -> None:
+        self._last_sent = report
+        rate, eta = self.estimator.observe(report, time.monotonic())
         draft = EventDraft(
-            job_id=self.job_id, status=JobStatus.PROGRESS, attempt=self.number, **report._asdict()
-        )
+            job_id=self.job_id, status=JobStatus.PROGRESS, attempt=self.number,
+            rate=rate, eta_seconds=eta, **report._asdict(),
+        )  # fmt: skip
         try:
             outcome = self._publish_dropping_large_data(draft)
         except (redis.RedisError, OSError) as exc:

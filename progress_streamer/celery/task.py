@@ -93,6 +93,15 @@ class ProgressTask(Task):  # type: ignore[misc]
         attempt = here[1] if here is not None and here[0] is self else _running(self.request.id)
         return _tracked(attempt, items, step, total, message)
 
+    def log(self, text: str) -> None:
+        """A live log line on the job's stream (never coalesced; bounded per second by
+        PROGRESS_LOG_LINES_PER_SECOND, the excess reported as a count). Outside a worker
+        run it does nothing."""
+        here = getattr(_here, "run", None)
+        attempt = here[1] if here is not None and here[0] is self else _running(self.request.id)
+        if attempt is not None and not attempt.refused:
+            attempt.log(text)
+
     def update_state(
         self,
         task_id: str | None = None,

@@ -38,6 +38,7 @@ class Report(NamedTuple):
 
 
 PROGRESS_FIELDS: tuple[str, ...] = Report._fields[:5]
+OPTIONAL_FIELDS = ("rate", "eta_seconds", "log")  # in an event's JSON only when set
 
 
 class MalformedEvent(ValueError):
@@ -79,6 +80,10 @@ class EventDraft:
     error: ErrorInfo | None = None
     ts: float = 0.0
     data: dict[str, Any] | None = None
+    # Absent from the JSON until set (SPEC.md: "absent until estimable"; a log line).
+    rate: float | None = None  # units (of `current`, else percent) per second
+    eta_seconds: float | None = None
+    log: str | None = None
 
     def encode(self, max_bytes: int) -> tuple[bytes, bytes]:
         """The JSON's two halves, around where the script puts `"seq":N,"attempt":A,`.
@@ -94,6 +99,10 @@ class EventDraft:
             "ts": self.ts,
             "data": self.data,
         }
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
         try:
             tail = _encoder.encode(body)[1:].encode()
         except (TypeError, ValueError) as exc:
@@ -114,6 +123,8 @@ def check_fields(draft: EventDraft) -> None:
         raise ValueError(f"invalid job id {draft.job_id!r}")
     if draft.attempt is not None and (type(draft.attempt) is not int or draft.attempt < 1):
         raise ValueError(f"attempt must be an int >= 1, not {draft.attempt!r}")
+    if draft.log is not None and not isinstance(draft.log, str):
+        raise ValueError(f"log must be a string, not {type(draft.log).__name__}")
     if draft.data is not None and not isinstance(draft.data, dict):
         raise ValueError(f"data must be a JSON object or None, not {type(draft.data).__name__}")
     check_report(draft.step, draft.percent, draft.current, draft.total, draft.message)
@@ -178,6 +189,9 @@ class ProgressEvent:
     ts: float
     raw: bytes
     data: dict[str, Any] | None = None
+    rate: float | None = None
+    eta_seconds: float | None = None
+    log: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -233,6 +247,9 @@ def _from_dict(obj: dict[str, Any], raw: bytes) -> ProgressEvent:
         ts=float(ts),
         raw=raw,
         data=_opt(obj.get("data"), dict),
+        rate=_number_or_none(obj.get("rate")),
+        eta_seconds=_number_or_none(obj.get("eta_seconds")),
+        log=_opt(obj.get("log"), str),
     )
 
 
@@ -240,6 +257,14 @@ def _error(error: Any) -> ErrorInfo:
     if not isinstance(error, dict):
         raise TypeError("error must be an object")
     return ErrorInfo(type=str(error["type"]), message=str(error["message"]))
+
+
+def _number_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
 
 
 def _opt(value: Any, kind: type) -> Any:

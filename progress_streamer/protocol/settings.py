@@ -116,6 +116,7 @@ class Settings:
     post_rate: float = 5.0
     post_burst: int = 30
     max_watches_per_client: int = 1000
+    log_lines_per_second: int = 20
 
     @property
     def broker_url(self) -> str:
@@ -194,6 +195,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROGRESS_POST_RATE": ("post_rate", _float(0.0)),
     "PROGRESS_POST_BURST": ("post_burst", _int(1)),
     "PROGRESS_MAX_WATCHES_PER_CLIENT": ("max_watches_per_client", _int(1)),
+    "PROGRESS_LOG_LINES_PER_SECOND": ("log_lines_per_second", _int(1)),
 }
 
 VARIABLE_NAMES = tuple(_VARIABLES)

@@ -122,3 +122,19 @@ def tracked(self: Any, n: int, sized: bool) -> int:
 def tracked_unbound(n: int) -> int:
     """The same without `self`: `progress_streamer.celery.track`."""
     return sum(1 for _ in celery_task.track(range(n), step="counting"))
+
+
+@app.task(bind=True, name="tests.logs")
+def logs(self: Any, n: int) -> str:
+    """`n` log lines in one burst."""
+    for i in range(n):
+        self.log(f"line {i}")
+    return "logged"
+
+
+@app.task(bind=True, name="tests.steady")
+def steady(self: Any, steps: int, step_ms: int) -> str:
+    """Steady progress, for the time-left estimate."""
+    for _ in self.track(range(steps), step="steady"):
+        time.sleep(step_ms / 1000)
+    return "steady"
