@@ -15,9 +15,10 @@ SPEC_VARIABLES = {
     "PROGRESS_MAX_STREAMS", "PROGRESS_MAX_STREAMS_PER_CLIENT", "PROGRESS_MAX_STREAM_SECONDS",
     "PROGRESS_SHUTDOWN_SECONDS", "PROGRESS_CORS_ORIGINS",
 }  # fmt: skip
-# Added by the hardening of issue 14 (docs/configuration.md).
+# Added by issues 14 and 17 (docs/configuration.md).
 HARDENING_VARIABLES = {
     "PROGRESS_POST_RATE", "PROGRESS_POST_BURST", "PROGRESS_MAX_WATCHES_PER_CLIENT",
+    "PROGRESS_LOG_LINES_PER_SECOND",
 }  # fmt: skip
 
 
