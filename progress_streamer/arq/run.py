@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -36,6 +37,10 @@ from progress_streamer.protocol.track import percent_of, track
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+# The run of the ARQ job this asyncio task executes (None elsewhere).
+current_run: ContextVar[JobRun | None] = ContextVar("progress_streamer_arq_run", default=None)
 
 
 class JobAlreadyFinished(RuntimeError):
@@ -70,6 +75,11 @@ class JobRun:
         self.attempt = outcome.attempt
         await self.publisher.touch_lease(self.job_id, self.attempt)  # indexed for the sweeper
         self._heartbeat = asyncio.ensure_future(self._beat())
+        current_run.set(self)  # for code without ctx (progress_streamer.tqdm)
+
+    def report_count(self, current: int, total: int | None, step: str | None) -> None:
+        """A count from sync code on the loop, sent by the throttle's timer."""
+        self._throttle.offer(Report(step, percent_of(current, total), current, total, None))
 
     async def progress(
         self,

@@ -169,6 +169,20 @@ def _tracked(
     return track_items(items, report, total)
 
 
+def running_job_id() -> str | None:
+    """The id of the Celery task running in this thread, if any."""
+    here = getattr(_here, "run", None)
+    return here[0].request.id if here is not None else _current_task_id()
+
+
+def report_count(current: int, total: int | None, step: str | None) -> None:
+    """A count for the task running in this thread, if any (progress_streamer.tqdm)."""
+    here = getattr(_here, "run", None)
+    attempt = here[1] if here is not None else _running(_current_task_id())
+    if attempt is not None and not attempt.refused:
+        attempt.throttle.report(step, percent_of(current, total), current, total, None)
+
+
 def attach_file(name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
     """`ProgressTask.attach_file` for the task running in this thread (unbound tasks)."""
     job_id = _current_task_id()

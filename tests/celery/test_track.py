@@ -39,3 +39,13 @@ def test_track_without_self(worker: Worker) -> None:
     end = worker.wait_terminal(job, timeout=60)
     assert (end.status, end.result) == ("success", 1000)
     assert [e.current for e in worker.events(job) if e.current][-1] == 1000
+
+
+def test_a_tqdm_bar_inside_a_task_streams_its_count(worker: Worker) -> None:
+    job = uuid.uuid4().hex
+    worker.runner.enqueue(job, "tests.tqdm_loop", {"n": 5000})
+    end = worker.wait_terminal(job, timeout=60)
+    assert (end.status, end.result) == ("success", 5000)
+    counted = [e for e in worker.events(job) if e.current is not None]
+    assert counted[-1].current == counted[-1].total == 5000
+    assert counted[-1].step == "crunching" and counted[-1].percent == 100.0

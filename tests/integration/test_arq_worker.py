@@ -89,6 +89,17 @@ async def test_track_counts_a_loop_through_ctx(
     assert progress[-1].percent == 100.0 and progress[-1].step == "counting"
 
 
+async def test_a_tqdm_bar_in_a_job_streams_its_count(
+    runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
+) -> None:
+    job_id = await run(runner, "tqdm_job", n=5000)
+    end = await wait_for_status(async_redis, arq_settings, job_id)
+    counted = [e for e in await history(async_redis, arq_settings, job_id) if e.current]
+    assert end.status == JobStatus.SUCCESS and end.result == 5000
+    assert counted[-1].current == counted[-1].total == 5000
+    assert counted[-1].step == "crunching"
+
+
 async def test_a_failure_carries_the_exception_without_a_traceback(
     runner: ArqRunner, async_redis: redis.asyncio.Redis, arq_settings: Settings
 ) -> None:

@@ -31,6 +31,14 @@ async def tracked_job(ctx: dict[Any, Any], n: int) -> int:
     return sum(1 for _ in ctx["track"](range(n), step="counting"))
 
 
+async def tqdm_job(ctx: dict[Any, Any], n: int) -> int:
+    import io
+
+    from progress_streamer.tqdm import tqdm
+
+    return sum(1 for _ in tqdm(range(n), desc="crunching", file=io.StringIO(), mininterval=0))
+
+
 async def broken(ctx: dict[Any, Any]) -> None:
     raise ValueError("broken on purpose")
 
@@ -70,6 +78,7 @@ FUNCTIONS = [
     echo,
     with_progress_job,
     tracked_job,
+    tqdm_job,
     broken,
     sleeper,
     not_json,

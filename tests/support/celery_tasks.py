@@ -138,3 +138,16 @@ def steady(self: Any, steps: int, step_ms: int) -> str:
     for _ in self.track(range(steps), step="steady"):
         time.sleep(step_ms / 1000)
     return "steady"
+
+
+@app.task(name="tests.tqdm_loop")
+def tqdm_loop(n: int) -> int:
+    """A loop with a library's own tqdm bar, made to stream by the adapter."""
+    import io
+
+    from progress_streamer.tqdm import tqdm
+
+    count = 0
+    for _ in tqdm(range(n), desc="crunching", file=io.StringIO(), mininterval=0):
+        count += 1
+    return count
