@@ -37,8 +37,8 @@ from progress_streamer.redis_server import RedisServer
 from workers.celery_app import create_celery_app
 
 CHUNKS = 20  # the million-report task runs as this many interleaved pairs of chunks
-# busy_work sizes: about 0.3, 3.5 and 8 µs of work per item here
-SIZES = (("light", 20), ("heavy", 400), ("heavier", 700))
+# busy_work sizes: about 0.3, 1, 3.5 and 8 µs of work per item here
+SIZES = (("light", 20), ("medium", 60), ("heavy", 400), ("heavier", 700))
 
 
 def busy_work(size: int) -> int:
@@ -105,9 +105,9 @@ def celery_costs(settings: Settings, calls: int) -> dict[str, float]:
         return (time.perf_counter() - start) / n
 
     @app.task(bind=True, name="bench.million")  # type: ignore[untyped-decorator]
-    def million(self: Any, n: int, size: int) -> tuple[float, float]:
+    def million(self: Any, n: int, size: int) -> tuple[float, float, float]:
         chunk = max(n // CHUNKS, 1)
-        bare, with_progress = [], []
+        bare, with_progress, tracked = [], [], []
         for _ in range(CHUNKS):
             start = time.perf_counter()
             for _i in range(chunk):
@@ -118,13 +118,35 @@ def celery_costs(settings: Settings, calls: int) -> dict[str, float]:
                 busy_work(size)
                 self.progress(step="working", percent=i * 100 / chunk, current=i, total=chunk)
             with_progress.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for _i in self.track(range(chunk), step="working"):
+                busy_work(size)
+            tracked.append(time.perf_counter() - start)
         # The whole task's time, as the chunks' medians say it.
-        return statistics.median(bare) * CHUNKS, statistics.median(with_progress) * CHUNKS
+        return tuple(statistics.median(times) * CHUNKS for times in (bare, with_progress, tracked))
+
+    @app.task(bind=True, name="bench.track_per_item")  # type: ignore[untyped-decorator]
+    def track_per_item(self: Any, n: int) -> float:
+        """What `self.track` adds to an empty loop body, per item (medians of chunks)."""
+        chunk = max(n // CHUNKS, 1)
+        added = []
+        for _ in range(CHUNKS):
+            start = time.perf_counter()
+            for _i in range(chunk):
+                pass
+            bare = time.perf_counter() - start
+            start = time.perf_counter()
+            for _i in self.track(range(chunk)):
+                pass
+            added.append((time.perf_counter() - start - bare) / chunk)
+        return statistics.median(added)
 
     out = {"throttled_us": progress_calls.apply(args=(calls,)).get() * 1e6}
+    out["track_ns"] = track_per_item.apply(args=(calls,)).get() * 1e9
     for label, size in SIZES:
-        bare, with_progress = million.apply(args=(calls, size)).get()
+        bare, with_progress, tracked = million.apply(args=(calls, size)).get()
         out[f"{label}_bare_s"], out[f"{label}_progress_s"] = bare, with_progress
+        out[f"{label}_track_s"] = tracked
     return out
 
 
@@ -159,6 +181,8 @@ def table(result: dict[str, float]) -> str:
             f"| {result['throttle_only_us']:.2f} µs |",
             f"| real publish, one round trip (p50) | {result['publish_p50_us']:.0f} µs |",
             f"| real publish (p99) | {result['publish_p99_us']:.0f} µs |",
+            "| `self.track(items)`: added per item of an empty loop "
+            f"| {result['track_ns']:.0f} ns |",
             *(_task_row(result, label) for label, _ in SIZES),
         ]
     )
@@ -167,10 +191,12 @@ def table(result: dict[str, float]) -> str:
 def _task_row(result: dict[str, float], label: str) -> str:
     calls, bare, prog = result["calls"], result[f"{label}_bare_s"], result[f"{label}_progress_s"]
     per_item = bare / calls * 1e6
+    tracked = result[f"{label}_track_s"]
     return (
-        f"| Celery task of {calls:,.0f} items at {per_item:.1f} µs of work each, calling "
-        f"`self.progress` on every item | {bare:.2f} s → {prog:.2f} s "
-        f"(+{(prog / bare - 1) * 100:.0f} %) |"
+        f"| Celery task of {calls:,.0f} items at {per_item:.1f} µs of work each: "
+        f"`self.progress` on every item; `self.track(items)` | {bare:.2f} s → {prog:.2f} s "
+        f"(+{(prog / bare - 1) * 100:.0f} %); → {tracked:.2f} s "
+        f"(+{(tracked / bare - 1) * 100:.0f} %) |"
     )
 
 
