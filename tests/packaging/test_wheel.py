@@ -214,7 +214,11 @@ def test_site_packages_holds_the_package_and_nothing_of_the_repository(
     for name in STATIC_FILES:
         assert (venv.site_packages / PACKAGE / "static" / name).is_file(), name
     record = (venv.site_packages / wheel.dist_info / "RECORD").read_text()
-    tops = {Path(row[0]).parts[0] for row in csv.reader(io.StringIO(record)) if row}
+    paths = [Path(row[0]) for row in csv.reader(io.StringIO(record)) if row]
+    # The console script is the only file outside site-packages (`../../../bin/...`).
+    scripts = [p for p in paths if p.parts[0] == ".."]
+    assert [p.name for p in scripts] == ["progress-streamer"], scripts
+    tops = {p.parts[0] for p in paths if p.parts[0] != ".."}
     assert tops == {PACKAGE, wheel.dist_info}, f"pip installed under {sorted(tops)}"
 
 
