@@ -10,7 +10,6 @@ the Django template's `<job-progress>` reaches 100 % and its download works.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
@@ -28,7 +27,7 @@ from tests.integration.test_browser import FETCH, WAIT_MS
 from tests.support.browser import CHROMIUM, LAUNCH_ARGS, RECORD_FRAMES, PageRecorder
 from tests.support.celery_worker import new_queue
 from tests.support.django_site import Site, write_project
-from tests.support.server import SSEParser, SSEStream
+from tests.support.server import read_events
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -92,17 +91,6 @@ def start_report(client: httpx.Client, rows: int) -> str:
     return answer.headers["location"]
 
 
-def read_stream(client: httpx.Client, url: str) -> list[dict[str, object]]:
-    with client.stream("GET", url) as response:
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        stream = SSEStream(response=response)
-        parser = SSEParser(stream)
-        for chunk in response.iter_raw():
-            parser.feed(chunk)
-    return [json.loads(e.data) for e in stream.events]
-
-
 def test_a_users_job_streams_to_success_through_the_proxy(site: Site) -> None:
     with (
         httpx.Client(base_url=site.url, timeout=30) as alice,
@@ -118,7 +106,7 @@ def test_a_users_job_streams_to_success_through_the_proxy(site: Site) -> None:
         assert page_path == f"/reports/{job}/"
         assert alice.get("/progress/static/progress.js").status_code == 200
 
-        events = read_stream(alice, f"/progress/api/v1/jobs/{job}/events?token={token}")
+        events = read_events(alice, f"/progress/api/v1/jobs/{job}/events?token={token}")
         seqs = [e["seq"] for e in events]
         assert seqs == list(range(int(seqs[0]), int(seqs[0]) + len(seqs))), seqs  # type: ignore[call-overload]
         assert events[-1]["status"] == "success"

@@ -1,29 +1,23 @@
 """The Django set-up of docs/django.md, built from the doc itself and run for real.
 
 `write_project(folder)` copies every code block of docs/django.md whose first line names a
-file (`# reports/views.py`, `{# reports/templates/... #}`) into `folder`, adds what a
-user's project already has (settings, the root URLconf, a login template), and returns
-the files it wrote. `Site` then runs the four processes of the doc: Django (`runserver`,
+file (`# reports/views.py`, `{# reports/templates/... #}`) into `folder` (doc_project.py),
+adds what a user's project already has (settings, the root URLconf, a login template), and
+returns the doc's files. `Site` then runs the four processes of the doc: Django (`runserver`,
 the same WSGI app gunicorn would serve), the progress app (uvicorn `--root-path
 /progress`), a prefork Celery worker, and nginx with the doc's server block.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-
-import httpx
 
 from progress_streamer.redis_server import free_port
 from tests.support import ROOT
+from tests.support.doc_project import Process, answers, write_doc_project
 
 DOC = ROOT / "docs" / "django.md"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -98,28 +92,10 @@ DOC_FILES = {
     "progress_web.py",
     "deploy/nginx.conf",
 }
-FILE_LINE = re.compile(r"^(?:#|\{#)\s*([\w./-]+\.\w+)\s*(?:#\})?$")
-
-
-def doc_files(markdown: str) -> dict[str, str]:
-    """path -> content of every fenced block whose first line names a file."""
-    files = {}
-    for block in re.findall(r"^```\w*\n(.*?)^```", markdown, re.M | re.S):
-        first, _, rest = block.partition("\n")
-        if match := FILE_LINE.match(first.strip()):
-            files[match[1]] = rest
-    return files
 
 
 def write_project(folder: Path) -> dict[str, str]:
-    files = doc_files(DOC.read_text())
-    missing = DOC_FILES - set(files)
-    assert not missing, f"docs/django.md lost its blocks for {sorted(missing)}"
-    for path, text in {**files, **PROJECT_FILES}.items():
-        target = folder / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    return files
+    return write_doc_project(DOC, folder, DOC_FILES, PROJECT_FILES)
 
 
 def nginx_conf(folder: Path, site: str, *, listen: int, django: int, progress: int) -> Path:
@@ -138,41 +114,6 @@ def nginx_conf(folder: Path, site: str, *, listen: int, django: int, progress: i
         f"http {{\n access_log off;\n {temp}\n{site}\n}}\n"
     )
     return conf
-
-
-class Process:
-    """A subprocess in its own session, its output in a log file, killed with its group."""
-
-    def __init__(self, name: str, command: list[str], *, cwd: Path, env: dict[str, str]):
-        self.name = name
-        self.logfile = cwd / f"{name}.log"
-        with self.logfile.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")
-
-    def wait_until(self, ready: Callable[[], bool], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code < 500
-    except httpx.HTTPError:
-        return False
 
 
 class Site:
