@@ -8,6 +8,7 @@ error on the first request instead of a misleading `503 Redis is unavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -167,6 +168,26 @@ async def test_the_page_finds_its_assets_relative_to_where_it_is_served(
                 assert (await client.get(resolved)).status_code == 200, resolved
 
 
+async def test_the_lifespan_starts_once_and_requests_after_it_are_refused(
+    settings: Settings,
+) -> None:
+    progress_app = create_app(settings)
+    transport = httpx.ASGITransport(app=progress_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with progress_app.lifespan(None):
+            hub = progress_app.state.services.hub._task
+            async with progress_app.lifespan(None):  # the host's and the app's own
+                assert progress_app.state.services.hub._task is hub  # not started twice
+                assert (await client.get("/readyz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200  # the inner exit stops nothing
+        after = await client.get("/readyz")
+    assert after.status_code == 503
+    assert after.json()["error"] == {
+        "code": "not_ready",
+        "message": "the progress app is stopped (its lifespan ended)",
+    }
+
+
 def test_included_routes_fail_with_a_clear_error_naming_the_mount(settings: Settings) -> None:
     progress_app = create_app(settings)
     api = FastAPI()
@@ -176,8 +197,6 @@ def test_included_routes_fail_with_a_clear_error_naming_the_mount(settings: Sett
     async def ask() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             await client.get("/readyz")
-
-    import asyncio
 
     with pytest.raises(RuntimeError, match=r"mount"):
         asyncio.run(ask())
