@@ -3,9 +3,13 @@
  * Starts demo jobs, renders one card per job with progress.js's ProgressView, follows every
  * unfinished job over ONE watch stream, and keeps the jobs in sessionStorage across reloads.
  * Server text reaches the page only through textContent (ProgressView does the same).
+ * Every URL is relative to where the app is served (this file is `<app>/static/demo.js`),
+ * so the page works unchanged at `/` or mounted under a prefix (`/progress/`).
  */
 import { ProgressView, hasFile, isTerminal, watchJobs } from "./progress.js";
 
+/** The app this page belongs to: `<app>/static/demo.js` -> `<app>/`. */
+const APP = new URL("..", import.meta.url);
 const STORE = "progress-demo:jobs";
 const KEY_STORE = "progress-demo:api-key";
 const $ = (selector) => document.querySelector(selector);
@@ -59,7 +63,7 @@ async function api(method, path, { token = null, body } = {}) {
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   try {
-    const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const res = await fetch(new URL(path, APP), { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     return { status: res.status, data: await res.json().catch(() => null) };
   } catch {
     return { status: 0, data: null };
@@ -145,7 +149,7 @@ function endJob({ jobId, status, reason }) {
 async function cancelJob(job, button) {
   button.disabled = true;
   button.textContent = "Cancelling…";
-  const r = await api("DELETE", `/api/v1/jobs/${encodeURIComponent(job.jobId)}`, { token: job.token });
+  const r = await api("DELETE", `api/v1/jobs/${encodeURIComponent(job.jobId)}`, { token: job.token });
   if (r.status === 202) return; // the `revoked` event arrives over the stream and removes the button
   if (r.status === 409) {
     button.textContent = "Already finished";
@@ -196,7 +200,7 @@ async function start(task, params, count = 1) {
   const runner = $("#runner").value;
   const key = $("#api-key").value.trim() || null;
   const body = { task, params, runner };
-  const answers = await Promise.all(Array.from({ length: count }, () => api("POST", "/api/v1/jobs", { token: key, body })));
+  const answers = await Promise.all(Array.from({ length: count }, () => api("POST", "api/v1/jobs", { token: key, body })));
   for (const r of answers.filter((a) => a.status >= 200 && a.status < 300 && a.data?.job_id)) {
     const job = { jobId: r.data.job_id, token: r.data.token ?? null, task, runner, created: Date.now(), last: null, end: null };
     jobs.set(job.jobId, job);

@@ -3,6 +3,12 @@
  * Drop it into any page as an ES module: `watchJob` follows one job, `watchJobs` follows
  * many over one watch stream, and `<job-progress job=... token=...>` renders a bar.
  *
+ * Where the API is: by default, where this file was served from. The app serves it at
+ * `<app>/static/progress.js`, so `<app>` is one level up from `import.meta.url`, whether the
+ * app is at the root or mounted under a prefix (`/progress/static/progress.js` -> `/progress`).
+ * A copy served from elsewhere (your own static files, a bundle) passes `baseUrl` (or the
+ * element's `base-url` attribute): the URL the app is served at.
+ *
  * Deliberate choices:
  * - Native EventSource does the ordinary resume (it sends Last-Event-ID itself); we only
  *   step in when it gives up (readyState CLOSED), because it hides the HTTP status.
@@ -33,7 +39,12 @@ export const withQuery = (url, params) => {
   return s ? `${url}${url.includes("?") ? "&" : "?"}${s}` : url;
 };
 
-const jobPath = (baseUrl, jobId) => `${baseUrl}/api/v1/jobs/${encodeURIComponent(jobId)}`;
+/** The app this file was served by: `<app>/static/progress.js` -> `<app>` (no trailing slash). */
+export const DEFAULT_BASE = new URL("..", import.meta.url).href.replace(/\/$/, "");
+/** A base URL without its trailing slashes; none given: DEFAULT_BASE ("" is the origin's root). */
+const baseOf = (baseUrl) => String(baseUrl ?? DEFAULT_BASE).replace(/\/+$/, "");
+const apiUrl = (baseUrl, path) => `${baseOf(baseUrl)}/api/v1${path}`;
+const jobPath = (baseUrl, jobId) => apiUrl(baseUrl, `/jobs/${encodeURIComponent(jobId)}`);
 export const resultUrl = (baseUrl, jobId, token) => withQuery(`${jobPath(baseUrl, jobId)}/result`, { token });
 const bearer = (token) => (token ? { Authorization: `Bearer ${token}` } : {});
 const noop = () => {};
@@ -119,7 +130,7 @@ class Stream {
 }
 
 class JobStream extends Stream {
-  constructor({ jobId, token = null, baseUrl = "", lastSeq = 0, onEvent = noop, onState = noop, onEnd = noop }) {
+  constructor({ jobId, token = null, baseUrl = DEFAULT_BASE, lastSeq = 0, onEvent = noop, onState = noop, onEnd = noop }) {
     super(onState);
     Object.assign(this, { jobId, token, baseUrl, lastSeq, onEvent, onEnd });
     this.onState("connecting");
@@ -186,13 +197,13 @@ class WatchGroup extends Stream {
     let res;
     try {
       const headers = { "Content-Type": "application/json", Accept: "application/json" };
-      res = await fetch(`${this.baseUrl}/api/v1/watches`, { method: "POST", headers, body: JSON.stringify({ jobs }) });
+      res = await fetch(apiUrl(this.baseUrl, "/watches"), { method: "POST", headers, body: JSON.stringify({ jobs }) });
     } catch {
       return this.later(() => this.create(), "network");
     }
     const body = await res.json().catch(() => null);
     if (this.closed) return;
-    if (res.ok && body?.events_url) { // SPEC: 201
+    if (res.ok && typeof body?.watch_id === "string") { // SPEC: 201
       this.watch = body;
       return this.connect();
     }
@@ -202,11 +213,14 @@ class WatchGroup extends Stream {
     this.later(() => this.create(), code);
   }
 
+  /** Built from the watch id and our base rather than the answer's `events_url`: the base is
+   * what this page reaches, even behind a proxy that strips a prefix the server is not told of. */
   url() {
-    const { events_url: url, token } = this.watch;
-    const resume = this.order.some((id) => this.seqs.get(id) > 0);
+    const { watch_id: id, token } = this.watch;
+    const resume = this.order.some((jobId) => this.seqs.get(jobId) > 0);
     const cursor = resume ? buildCursor(this.order, this.seqs) : null;
-    return withQuery(/^https?:/.test(url) ? url : this.baseUrl + url, { token, last_event_id: cursor });
+    const url = apiUrl(this.baseUrl, `/watches/${encodeURIComponent(id)}/events`);
+    return withQuery(url, { token, last_event_id: cursor });
   }
 
   connect() { this.open(this.url()); }
@@ -266,7 +280,7 @@ const summarize = (states) =>
  * job; onAllDone() once every job has ended; onState(state, {open, streams, reason}) as in
  * watchJob, summarized over the watches (`open` counts the live ones).
  */
-export function watchJobs({ jobs, baseUrl = "", onEvent = noop, onState = noop, onEnd = noop, onAllDone = noop }) {
+export function watchJobs({ jobs, baseUrl = DEFAULT_BASE, onEvent = noop, onState = noop, onEnd = noop, onAllDone = noop }) {
   const unique = [...new Map(jobs.map((j) => [j.jobId, j])).values()];
   let remaining = unique.length;
   const states = [];
@@ -298,11 +312,12 @@ export const hasFile = (result) => Boolean(result && typeof result === "object" 
 
 /**
  * The DOM of one job's progress, built with createElement / textContent only:
- * .status, .step, .count, .percent, <progress max=100>, .message, then on failure .error
- * and on success (when showDownload(event) says so) <a class="download" download>.
+ * .line (.status, .step, .count, .percent), <progress class="bar" max=100>, .message, then on
+ * failure .error and on success (when showDownload(event) says so) <a class="download" download>.
+ * Each element's `part` is its class, so `<job-progress>` can be styled with `::part(bar)`.
  */
 export class ProgressView {
-  constructor({ jobId, token = null, baseUrl = "", label, showDownload, doc = document }) {
+  constructor({ jobId, token = null, baseUrl = DEFAULT_BASE, label, showDownload, doc = document }) {
     showDownload ??= (ev) => hasFile(ev.result);
     Object.assign(this, { jobId, token, baseUrl, showDownload, doc });
     this.root = this.el("div", "progress-view");
@@ -312,7 +327,7 @@ export class ProgressView {
     this.step = this.el("span", "step", line);
     this.count = this.el("span", "count", line);
     this.percent = this.el("span", "percent", line);
-    this.bar = this.el("progress", null, this.root);
+    this.bar = this.el("progress", "bar", this.root);
     this.bar.max = 100;
     this.bar.setAttribute("aria-label", label ?? `Progress of job ${jobId}`);
     this.message = this.el("p", "message", this.root);
@@ -320,7 +335,10 @@ export class ProgressView {
 
   el(tag, cls, parent) {
     const e = this.doc.createElement(tag);
-    if (cls) e.className = cls;
+    if (cls) {
+      e.className = cls;
+      e.setAttribute("part", cls);
+    }
     parent?.append(e);
     return e;
   }
@@ -347,11 +365,13 @@ export class ProgressView {
     if (status === "success" && this.showDownload(ev)) this.showLink(ev.result);
   }
 
-  /** A finished bar must not keep the indeterminate animation. */
+  /** A finished bar must not keep the indeterminate animation. A percent never reported
+   * (a job first seen after it failed) stays unsaid rather than shown as 0%. */
   settle(value) {
+    const known = value !== null || this.bar.hasAttribute("value");
     if (value !== null) this.bar.value = value;
-    else if (!this.bar.hasAttribute("value")) this.bar.value = 0;
-    this.percent.textContent = `${Math.floor(this.bar.value)}%`;
+    else if (!known) this.bar.value = 0;
+    this.percent.textContent = known ? `${Math.floor(this.bar.value)}%` : "";
   }
 
   showError(type, message) {
@@ -381,8 +401,51 @@ export class ProgressView {
 
 const Base = globalThis.HTMLElement ?? class {}; // lets Node import this module for tests
 
-/** <job-progress job="ID" token="T" base-url=""> follows one job with its own stream and
- * fires `job-event` / `job-end` CustomEvents; `state` and `data-status` mirror the stream. */
+/** `<job-progress>`'s default look, inside its shadow root: a label line (status, step,
+ * count, percent) over a bar, then the message. A page restyles it with the custom
+ * properties below (set on `job-progress` or any ancestor) or with `job-progress::part(x)`,
+ * x in progress-view | line | status | step | count | percent | bar | message | error |
+ * error-type | error-message | download. */
+export const JOB_PROGRESS_STYLE = `
+:host { display: block; margin: var(--job-progress-margin, 0.75em 0);
+  font: var(--job-progress-font, inherit); color: var(--job-progress-color, inherit); }
+:host([hidden]) { display: none; }
+.progress-view { --fill: var(--job-progress-fill, #2f6feb); --track: var(--job-progress-track, #dde2ec);
+  display: flex; flex-direction: column; gap: 0.3em; }
+.progress-view[data-status="success"] { --fill: var(--job-progress-success, #1a7f37); }
+.progress-view[data-status="failure"] { --fill: var(--job-progress-failure, #cf222e); }
+.progress-view[data-status="revoked"] { --fill: var(--job-progress-revoked, #8c959f); }
+.line { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.2em 0.75em; }
+.status { font-weight: 600; }
+.step:empty, .count:empty, .percent:empty, .message:empty { display: none; }
+.count, .percent { font-variant-numeric: tabular-nums; }
+.percent { margin-left: auto; }
+.bar { display: block; box-sizing: border-box; width: 100%; height: var(--job-progress-height, 0.6em);
+  margin: 0; border: 0; border-radius: var(--job-progress-radius, 999px); overflow: hidden;
+  appearance: none; -webkit-appearance: none; background: var(--track); color: var(--fill); }
+.bar::-webkit-progress-bar { background: var(--track); }
+.bar::-webkit-progress-value { background: var(--fill); transition: width 0.2s ease; }
+.bar::-moz-progress-bar { background: var(--fill); }
+.bar:indeterminate { background: linear-gradient(90deg, transparent, var(--fill), transparent) 0 0 / 40% 100% no-repeat, var(--track);
+  animation: job-progress-sweep 1.2s linear infinite; }
+/* One rule per engine: a selector list with the other engine's pseudo-element is dropped whole. */
+.bar:indeterminate::-webkit-progress-bar { background: transparent; }
+.bar:indeterminate::-moz-progress-bar { background: transparent; }
+@keyframes job-progress-sweep { from { background-position: -70% 0; } to { background-position: 170% 0; } }
+@media (prefers-reduced-motion: reduce) { .bar:indeterminate { animation: none; } }
+.message { margin: 0; font-size: 0.9em; color: var(--job-progress-muted, #59636e); overflow-wrap: anywhere; }
+.error { margin: 0; color: var(--job-progress-failure, #cf222e); overflow-wrap: anywhere; }
+.download { align-self: flex-start; color: var(--job-progress-link, #0969da); }
+`;
+
+/**
+ * <job-progress job="ID" token="T"> follows one job with its own stream and renders it (in
+ * an open shadow root, styled by JOB_PROGRESS_STYLE). It finds the API where this script
+ * was served from (DEFAULT_BASE); `base-url="https://host/progress"` points it elsewhere,
+ * e.g. when this file is served by another app than the progress app. Fires `job-event`
+ * (detail: the event) and `job-end` (detail: {jobId, status, event | reason}) CustomEvents;
+ * the `state` attribute mirrors the stream, `data-status` the job.
+ */
 export class JobProgressElement extends Base {
   static observedAttributes = ["job", "token", "base-url"];
   #watch = null;
@@ -405,9 +468,12 @@ export class JobProgressElement extends Base {
     const jobId = this.getAttribute("job");
     if (!this.isConnected || !jobId) return;
     const token = this.getAttribute("token") || null;
-    const baseUrl = this.getAttribute("base-url") ?? "";
-    const view = new ProgressView({ jobId, token, baseUrl, doc: this.ownerDocument });
-    this.replaceChildren(view.root);
+    const baseUrl = this.getAttribute("base-url") ?? DEFAULT_BASE;
+    const doc = this.ownerDocument;
+    const view = new ProgressView({ jobId, token, baseUrl, doc });
+    const style = doc.createElement("style");
+    style.textContent = JOB_PROGRESS_STYLE;
+    (this.shadowRoot ?? this.attachShadow({ mode: "open" })).replaceChildren(style, view.root);
     this.#watch = watchJob({
       jobId, token, baseUrl,
       onState: (state) => this.setAttribute("state", state),

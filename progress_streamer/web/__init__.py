@@ -1,11 +1,12 @@
 """The web side: `create_app(settings)`, a Starlette app serving the SSE streams, the JSON
-API, the JS client and the demo page; tokens for jobs a user's own backend enqueues."""
+API, the JS client and the demo page, on its own or mounted in another app (with its
+`lifespan`); tokens for jobs a user's own backend enqueues."""
 
 from __future__ import annotations
 
 from progress_streamer.protocol.runner import JobRunner, QueueStatus
 from progress_streamer.protocol.settings import Settings, SettingsError
-from progress_streamer.web.app import create_app
+from progress_streamer.web.app import ProgressApp, create_app
 from progress_streamer.web.catalog import (
     Catalog,
     IntParam,
@@ -21,6 +22,7 @@ __all__ = [
     "IntParam",
     "InvalidParams",
     "JobRunner",
+    "ProgressApp",
     "QueueStatus",
     "Settings",
     "SettingsError",

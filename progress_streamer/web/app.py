@@ -6,13 +6,11 @@ few lines on top of this: settings from the environment, and the runners.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import anyio.to_thread
 import redis.asyncio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,11 +23,11 @@ from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.runner import JobRunner, check_runner
 from progress_streamer.protocol.settings import Settings
-from progress_streamer.protocol.sweeper import LeaseSweeper
 from progress_streamer.web import access_log
 from progress_streamer.web.catalog import Catalog, default_catalog
 from progress_streamer.web.errors import EXCEPTION_HANDLERS
 from progress_streamer.web.headers import ReferrerPolicy
+from progress_streamer.web.lifecycle import Lifecycle
 from progress_streamer.web.limits import StreamLimiter
 from progress_streamer.web.metrics import Metrics
 from progress_streamer.web.quotas import Quotas
@@ -54,7 +52,8 @@ REDIS_TIMEOUT = 10.0  # a command, or the wait for a free connection, fails afte
 
 
 class ProgressApp(Starlette):
-    """Starlette, running each event stream's body from the top of the app.
+    """Starlette, running each event stream's body from the top of the app, and starting
+    its services (Redis, the hub, the sweeper) wherever it is served.
 
     A stream's endpoint and response start go through the routing and the middleware
     (Referrer-Policy, CORS, error handling) as usual; then the response parks itself in
@@ -63,11 +62,32 @@ class ProgressApp(Starlette):
     of Starlette's call chain (their locals were the largest part of an idle stream's
     memory), and its frames cross none of the middleware wrappers, which only look at
     the response start.
+
+    Served on its own, its lifespan runs as any app's. Mounted in another app
+    (`api.mount("/progress", progress_app)`), it never gets lifespan events: the host
+    runs `progress_app.lifespan` in its own (`FastAPI(lifespan=progress_app.lifespan)`),
+    and until it does, every request answers a 500 that names that line.
     """
+
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        self.services = services
+        self._lifecycle = Lifecycle()
+        super().__init__(lifespan=self.lifespan, **kwargs)
+        self.state.services = services
+
+    def lifespan(self, app: object = None) -> AbstractAsyncContextManager[None]:
+        """The app's services for as long as the returned context is entered: pass it as a
+        host app's lifespan (`FastAPI(lifespan=progress_app.lifespan)`), or enter it in
+        your own (`async with progress_app.lifespan(app): yield`). Entered again while
+        running (a host's lifespan and the app's own), it starts nothing twice."""
+        return self._lifecycle.running(self.services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+            return
+        if not self._lifecycle.serving:
+            await self._lifecycle.refusal()(scope, receive, send)
             return
         scope[PARKED] = None
         try:
@@ -85,27 +105,18 @@ def create_app(
     *,
     catalog: Catalog | None = None,
     runners: Mapping[str, JobRunner] | None = None,
-) -> Starlette:
+) -> ProgressApp:
     settings.check_web()  # refuses auth without a strong secret, before anything is built
     runners = dict(runners or {})
     for name, runner in runners.items():
         check_runner(name, runner)
     access_log.install()
-    services = build_services(settings, catalog or default_catalog(), runners)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with run_services(services):
-            yield
-
-    app = ProgressApp(
+    return ProgressApp(
+        build_services(settings, catalog or default_catalog(), runners),
         routes=routes(),
         middleware=middleware(settings),
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
     )
-    app.state.services = services
-    return app
 
 
 def build_services(
@@ -141,43 +152,6 @@ def build_services(
         watch_tokens=watch_signer(settings),
         quotas=Quotas(client, settings),
     )
-
-
-@contextlib.asynccontextmanager
-async def run_services(services: Services) -> AsyncIterator[None]:
-    await services.hub.start()
-    services.keepalive.start()
-    stop = asyncio.Event()
-    sweepers = [start_sweeper(services, stop), *start_settlers(services, stop)]
-    try:
-        yield
-    finally:
-        services.keepalive.drain()
-        stop.set()
-        for sweeper in sweepers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sweeper, services.settings.shutdown_seconds + 1)
-        await services.keepalive.stop()
-        await services.hub.close()
-        await services.redis.aclose()
-        for runner in services.runners.values():
-            await runner.aclose()  # what it opened on this loop
-            await anyio.to_thread.run_sync(runner.close)
-
-
-def start_sweeper(services: Services, stop: asyncio.Event) -> asyncio.Task[Any]:
-    """The WorkerLost sweeper (protocol/sweeper.py): every web process runs one."""
-    sweeper = LeaseSweeper(services.redis, services.settings)
-    return asyncio.create_task(sweeper.run(stop), name="lease-sweeper")
-
-
-def start_settlers(services: Services, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
-    """Each runner's settler (ARQ's ends jobs ARQ failed before running them; the default
-    returns at once); every web process runs one per runner."""
-    return [
-        asyncio.create_task(runner.run_settler(stop), name=f"{name}-settler")
-        for name, runner in services.runners.items()
-    ]
 
 
 def routes() -> list[BaseRoute]:

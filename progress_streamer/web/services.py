@@ -38,6 +38,18 @@ class Services:
     quotas: Quotas
 
 
+INCLUDED_ROUTES = (
+    "progress_streamer's routes must be served by the app create_app() returned: mount it "
+    "(api.mount('/progress', progress_app), with FastAPI(lifespan=progress_app.lifespan)) "
+    "instead of including its routes in another app (docs/fastapi.md)"
+)
+
+
 def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
+    """The services of the app serving the request. Routes copied into another app
+    (`api.router.routes.extend(progress_app.routes)`) have none: a clear error says to
+    mount the app instead (its lifespan and middleware come with it that way)."""
+    services = getattr(request.app.state, "services", None)
+    if not isinstance(services, Services):
+        raise RuntimeError(INCLUDED_ROUTES)
     return services

@@ -143,7 +143,7 @@ class PageRecorder:
         path = httpx.URL(request.url).path
         if path.endswith("/events"):
             self.stream_urls.append(request.url)
-        elif path == "/api/v1/watches" and request.method == "POST":
+        elif path.endswith("/api/v1/watches") and request.method == "POST":  # under any prefix
             self.watch_posts += 1
 
     def allow(self, pattern: str) -> None:

@@ -7,6 +7,7 @@ a real uvicorn (in a thread, with its own event loop) over a real socket.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -226,6 +227,17 @@ async def read_all(client: httpx.AsyncClient, url: str, **kwargs: Any) -> SSEStr
             async for _ in events:
                 pass
         return stream
+
+
+def read_events(client: httpx.Client, url: str) -> list[dict[str, Any]]:
+    """A stream's events (their JSON), read to its end with a blocking client."""
+    with client.stream("GET", url) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        parser = SSEParser(SSEStream(response=response))
+        for chunk in response.iter_raw():
+            parser.feed(chunk)
+    return [json.loads(e.data) for e in parser.stream.events]
 
 
 def publisher(settings: Settings) -> Publisher:

@@ -22,10 +22,9 @@ from progress_streamer.web.download import FileDownload
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.limits import client_address, read_json
 from progress_streamer.web.services import Services, services_of
+from progress_streamer.web.urls import api_url
 
 log = logging.getLogger(__name__)
-
-API = "/api/v1"
 
 
 def job_id_of(request: Request) -> str:
@@ -64,14 +63,15 @@ async def create_job(request: Request) -> Response:
     job_id = uuid.uuid4().hex
     await _remember_runner(services, job_id, runner_name)
     await anyio.to_thread.run_sync(runner.enqueue, job_id, spec.name, params)
-    urls = job_urls(job_id)
+    urls = job_urls(request, job_id)
     token = services.job_tokens.mint(job_id) if services.settings.auth_enabled else None
     body = {"job_id": job_id, "status": "pending", **urls, "token": token}
     return JSONResponse(body, status_code=202, headers={"Location": urls["status_url"]})
 
 
-def job_urls(job_id: str) -> dict[str, str]:
-    base = f"{API}/jobs/{job_id}"
+def job_urls(request: Request, job_id: str) -> dict[str, str]:
+    """The job's URLs, under the path the app is served at (`urls.py`)."""
+    base = api_url(request, f"/jobs/{job_id}")
     return {"status_url": base, "events_url": f"{base}/events", "result_url": f"{base}/result"}
 
 

@@ -20,7 +20,7 @@ STATIC_DIR = next(
 
 PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>progress-streamer</title>
 <p>The demo page (static/index.html) is not installed.
-See <a href="/healthz">/healthz</a> and the API under /api/v1.</p>
+See <a href="healthz">healthz</a> and the API under api/v1.</p>
 """
 
 

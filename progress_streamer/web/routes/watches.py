@@ -18,10 +18,10 @@ from progress_streamer.web.auth import presented_token, require_token
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.limits import client_address, read_json
 from progress_streamer.web.routes.job_events import last_event_id
-from progress_streamer.web.routes.jobs import API
 from progress_streamer.web.services import Services, services_of
 from progress_streamer.web.streaming.opening import CaughtUp, StreamRequest, open_stream, parse_seq
 from progress_streamer.web.streaming.response import EventStreamResponse
+from progress_streamer.web.urls import api_url
 
 MAX_JOBS = 100
 
@@ -49,7 +49,7 @@ async def create_watch(request: Request) -> Response:
     token = None
     if services.settings.auth_enabled:  # never outlives the tokens it was made from
         token = services.watch_tokens.mint(watch_id, expires_at=expires_at)
-    events_url = f"{API}/watches/{watch_id}/events"
+    events_url = api_url(request, f"/watches/{watch_id}/events")
     body = {"watch_id": watch_id, "events_url": events_url, "token": token}
     return JSONResponse(body, status_code=201, headers={"Location": events_url})
 

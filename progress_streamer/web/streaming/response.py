@@ -145,7 +145,9 @@ def _warn_once_without_direct_writes(send: Send) -> None:
         log.warning(
             "event streams use plain ASGI sends under %s.%s: frames cannot be written "
             "straight to the socket (that needs uvicorn's httptools protocol, "
-            "`--http httptools`); streams work, at a higher CPU cost per event",
+            "`--http httptools`, and the app served at the top: mounted in another app, "
+            "the host's middleware wraps the server's send); streams work, at a higher "
+            "CPU cost per event",
             type(server).__module__,
             type(server).__qualname__,
         )
