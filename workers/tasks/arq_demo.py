@@ -12,6 +12,7 @@ from typing import Any
 from workers.tasks.report import (
     fail_error,
     fail_plan,
+    log_line,
     render_csv,
     report_filename,
     report_plan,
@@ -26,6 +27,7 @@ async def demo_report(ctx: dict[Any, Any], steps: int = 20, step_ms: int = 200) 
     rows = report_rows(job_id, steps)
     data = b""
     filename = report_filename(job_id)
+    previous = None
     for item in report_plan(steps):
         if item.step == "saving":
             await ctx["attach_file"](filename, data, "text/csv")
@@ -36,6 +38,9 @@ async def demo_report(ctx: dict[Any, Any], steps: int = 20, step_ms: int = 200) 
             total=item.total,
             message=item.message,
         )
+        if (line := log_line(previous, item, steps)) is not None:
+            await ctx["log"](line)
+        previous = item
         if item.step == "rendering":
             data = render_csv(rows)
         await asyncio.sleep(step_ms / 1000)

@@ -13,6 +13,7 @@ from workers.celery_app import app
 from workers.tasks.report import (
     fail_error,
     fail_plan,
+    log_line,
     render_csv,
     report_filename,
     report_plan,
@@ -28,10 +29,14 @@ def report(self: ProgressTask, steps: int = 20, step_ms: int = 200) -> dict[str,
     rows = report_rows(job_id, steps)
     data = b""
     filename = report_filename(job_id)
+    previous = None
     for item in report_plan(steps):
         if item.step == "saving":
             self.attach_file(filename, data, "text/csv")
         self.progress(item.step, item.percent, item.current, item.total, item.message)
+        if (line := log_line(previous, item, steps)) is not None:
+            self.log(line)
+        previous = item
         if item.step == "rendering":
             data = render_csv(rows)
         time.sleep(step_ms / 1000)

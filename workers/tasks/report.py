@@ -48,6 +48,17 @@ def report_plan(steps: int) -> list[DemoStep]:
     return plan
 
 
+def log_line(previous: DemoStep | None, item: DemoStep, steps: int) -> str | None:
+    """The log line a demo report writes when it enters a step (None within a step)."""
+    if previous is not None and previous.step == item.step:
+        return None
+    return {
+        "fetching": f"fetching {steps} pages",
+        "rendering": f"rendering {steps} rows as CSV",
+        "saving": "saving the report for download",
+    }.get(item.step)
+
+
 def report_rows(job_id: str, steps: int) -> list[tuple[int, str, int, float]]:
     """One row per fetched page: (page, region, units, revenue), the same for one job."""
     rng = random.Random(job_id)
