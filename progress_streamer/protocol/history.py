@@ -33,6 +33,11 @@ class CatchUp:
     def is_terminal(self) -> bool:
         return self.status.is_terminal
 
+    @property
+    def epoch(self) -> int:
+        """The incarnation of the job's state these events belong to."""
+        return self.snapshot.epoch
+
 
 def catch_up_of(reply: list[Any]) -> CatchUp | None:
     if not reply:
