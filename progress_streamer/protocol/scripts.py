@@ -116,11 +116,13 @@ PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix
 # ARGV[1] the client's last seen seq (-1: none, give the snapshot)
 # Returns {} for an unknown job, else {seq, status, mode, snapshot, events}:
 # mode 'since' with the retained events after ARGV[1] (maybe none), or mode 'snapshot'
-# when ARGV[1] is -1, older than the history or ahead of the job.
+# when ARGV[1] is -1, older than the history or ahead of the job. seq is -1 when the
+# state's seq is not a number (state this service did not write).
 READ_SINCE = r"""
 local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'event')
 if not st[1] then return {} end
 local seq = tonumber(st[1])
+if not seq then return {-1, '', 'snapshot', '', {}} end
 local after = tonumber(ARGV[1])
 if after < 0 or after > seq then return {seq, st[2], 'snapshot', st[3], {}} end
 if after == seq then return {seq, st[2], 'since', st[3], {}} end

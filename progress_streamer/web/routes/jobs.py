@@ -189,7 +189,10 @@ def content_disposition(filename: str) -> str:
 
 
 def _safe_media_type(media: str) -> str:
+    """The stored type if it is a plausible header value; else a generic one (a control
+    or non-Latin-1 character would make the server drop the connection unanswered)."""
     media = media.strip()
-    if not media or any(c in media for c in "\r\n") or "/" not in media:
+    unsafe = any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in media)
+    if not media or unsafe or "/" not in media:
         return "application/octet-stream"
     return media

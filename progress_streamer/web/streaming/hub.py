@@ -28,6 +28,8 @@ Deliberate choices:
   and a client whose state Redis lost gets `StateLost` at once, however the job's new
   events are numbered. The loss is reported to Redis (`AsyncPublisher.report_lost`), so
   the job ends `StateLost` for every viewer: the loss wins.
+- A catch-up never dies unseen: whatever its read raises, each of its clients is
+  released (with the replay, or `StateLost` for state it cannot read) or closed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import RedisError
 
 from progress_streamer.protocol.event import MalformedEvent, decode_event, encode_event
-from progress_streamer.protocol.history import CatchUp, JobReader
+from progress_streamer.protocol.history import CatchUp, CorruptState, JobReader
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher
@@ -126,6 +128,10 @@ class SubscriptionHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        catch_ups = list(self._tasks)
+        for task in catch_ups:
+            task.cancel()
+        await asyncio.gather(*catch_ups, return_exceptions=True)
         if self._conn is not None:
             await self._conn.disconnect()
         await self._pool.disconnect()
@@ -316,7 +322,7 @@ class SubscriptionHub:
         self._read_for(job_id, subs)
 
     def _read_for(self, job_id: str, subs: Iterable[Subscriber]) -> None:
-        """One history read per distinct last seq, each in its own task."""
+        """One history read per distinct last seq, each in a task that never raises."""
         by_seq: defaultdict[int, list[Subscriber]] = defaultdict(list)
         for sub in subs:
             by_seq[sub.last_seq[job_id]].append(sub)
@@ -326,13 +332,26 @@ class SubscriptionHub:
             task.add_done_callback(self._tasks.discard)
 
     async def _catch_up_from(self, job_id: str, after: int, subs: list[Subscriber]) -> None:
-        keys = self.keyspace.job(job_id)
+        """A catch-up task: never raises, and leaves no client held (released or closed)."""
         try:
-            catch_up = await self.reader.events_since(keys, after if after > 0 else None)
+            await self._read_and_deliver(job_id, after, subs)
         except (RedisError, OSError) as exc:
             log.warning("catch-up of job %s failed (%s); clients resume", job_id, exc)
             for sub in subs:
                 sub.close("redis")
+        except Exception:
+            log.exception("catch-up of job %s failed; clients resume", job_id)
+            for sub in subs:
+                sub.close("error")
+
+    async def _read_and_deliver(self, job_id: str, after: int, subs: list[Subscriber]) -> None:
+        keys = self.keyspace.job(job_id)
+        try:
+            catch_up = await self.reader.events_since(keys, after if after > 0 else None)
+        except CorruptState as exc:
+            log.warning("job %s: %s %s; its streams end StateLost", job_id, exc, exc.detail)
+            for sub in subs:
+                _lose(sub, job_id)
             return
         lost = [seen for sub in subs if (seen := self._deliver(sub, job_id, catch_up))]
         if lost:

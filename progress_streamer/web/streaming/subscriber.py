@@ -9,7 +9,8 @@ Rules kept here (SPEC.md, "The event stream"):
   its `epoch` the one the replay came from. Anything else (a gap, a forged seq, another
   incarnation of the job's state) is refused, and the hub reads the history, which
   decides (`hub.py`): two comparisons per delivery, a Redis read only for the odd one;
-- while a job is being replayed (`hold`), live events wait, then follow the replay;
+- while a job is being replayed (`hold`), live events wait (at most `capacity` of them:
+  beyond, the client is closed and resumes), then follow the replay;
 - when the queue is full, a `progress` event replaces the job's queued `progress`
   (latest wins); any other event is queued past the bound (never dropped), so the queue
   overshoots by at most the handful of status changes a job can have;
@@ -133,7 +134,10 @@ class Subscriber:
         job_id = event.job_id
         held = self._held.get(job_id)
         if held is not None:
-            held.append(delivery)
+            if len(held) < self.capacity:
+                held.append(delivery)
+            else:  # the replay is late: never grow without bound; the client resumes
+                self.close("lagging")
             return True
         if event.epoch == self.epoch.get(job_id) and event.seq <= self.last_seq[job_id] + 1:
             self._push(delivery)

@@ -109,6 +109,17 @@ async def test_a_replay_of_another_incarnation_than_the_client_s_is_refused() ->
     assert sub.last_seq[JOB] == 1 and sub.epoch[JOB] == 5
 
 
+async def test_live_events_held_during_a_replay_are_bounded() -> None:
+    """Issue 14, item 10: a replay that never came let live events pile up unbounded."""
+    sub = replayed(Subscriber([JOB], capacity=3, lifetime=60))
+    sub.hold(JOB)
+    for seq in range(1, 10):
+        assert sub.offer(delivery(seq))
+    assert sub.closed == "lagging"
+    assert len(sub._held[JOB]) == 3
+    assert await sub.next() is None  # the stream ends; the client resumes with its id
+
+
 @pytest.mark.slow
 async def test_a_client_that_reads_nothing_is_dropped(settings: Settings) -> None:
     job = uuid.uuid4().hex
