@@ -13,7 +13,7 @@ incarnation can tell when it is gone:
   delivery, with each live event's (one integer comparison), and reads the history when
   they differ.
 
-The loss wins (docs/architecture.md, "Lost state"): once a job's state vanished under
+The loss wins (docs/api.md, "Lost state: the loss wins"): once a job's state vanished under
 someone who saw it, the job ends `failure`/`StateLost` for everybody. Open streams get
 that event at once (sent to each client only, `seq` one past its own last); the job
 answers 404 until something publishes into it again; that publish is refused and the
