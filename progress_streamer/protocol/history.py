@@ -60,23 +60,24 @@ class CatchUp:
     snapshot: ProgressEvent  # the latest event
     events: tuple[ProgressEvent, ...]  # to send, in seq order
     from_snapshot: bool  # True: the client's seq was absent, too old or ahead
+    # The incarnation of the job's state, from its hash (not from the events: an older
+    # publisher's events carry none, and that must not read as a lost state).
+    epoch: int
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
 
-    @property
-    def epoch(self) -> int:
-        """The incarnation of the job's state these events belong to."""
-        return self.snapshot.epoch
-
 
 def catch_up_of(reply: list[Any]) -> CatchUp | None:
     if not reply:
         return None
-    seq, status, mode, snapshot_raw, raw_events = reply
+    seq, status, mode, snapshot_raw, raw_events, epoch = reply
     if int(seq) < 1:
         raise MalformedEvent("the seq field is not a number")
+    epoch_text = epoch.decode("ascii", "replace") if isinstance(epoch, bytes) else str(epoch)
+    if not (epoch_text.isascii() and epoch_text.isdigit()) or len(epoch_text) > 16:
+        raise MalformedEvent("the epoch field is not a number")
     snapshot = decode_event(snapshot_raw)
     from_snapshot = mode in (b"snapshot", "snapshot")
     events = (snapshot,) if from_snapshot else tuple(decode_event(e) for e in raw_events)
@@ -90,6 +91,7 @@ def catch_up_of(reply: list[Any]) -> CatchUp | None:
         snapshot=snapshot,
         events=events,
         from_snapshot=from_snapshot,
+        epoch=int(epoch_text),
     )
 
 

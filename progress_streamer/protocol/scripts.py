@@ -114,21 +114,24 @@ PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix
 # Read what a client needs to catch up, atomically with respect to publishes.
 # KEYS[1] state hash, KEYS[2] history list
 # ARGV[1] the client's last seen seq (-1: none, give the snapshot)
-# Returns {} for an unknown job, else {seq, status, mode, snapshot, events}:
+# Returns {} for an unknown job, else {seq, status, mode, snapshot, events, epoch}:
 # mode 'since' with the retained events after ARGV[1] (maybe none), or mode 'snapshot'
 # when ARGV[1] is -1, older than the history or ahead of the job. seq is -1 when the
-# state's seq is not a number (state this service did not write).
+# state's seq is not a number (state this service did not write). epoch is the state's
+# (its identity: protocol/incarnation.py), '0' for a state from before epochs.
 READ_SINCE = r"""
-local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'event')
+local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'event', 'epoch')
 if not st[1] then return {} end
 local seq = tonumber(st[1])
-if not seq then return {-1, '', 'snapshot', '', {}} end
+local epoch = st[4] or '0'
+if not seq then return {-1, '', 'snapshot', '', {}, epoch} end
 local after = tonumber(ARGV[1])
-if after < 0 or after > seq then return {seq, st[2], 'snapshot', st[3], {}} end
-if after == seq then return {seq, st[2], 'since', st[3], {}} end
+if after < 0 or after > seq then return {seq, st[2], 'snapshot', st[3], {}, epoch} end
+if after == seq then return {seq, st[2], 'since', st[3], {}, epoch} end
 local first = seq - redis.call('LLEN', KEYS[2]) + 1
-if after + 1 < first then return {seq, st[2], 'snapshot', st[3], {}} end
-return {seq, st[2], 'since', st[3], redis.call('LRANGE', KEYS[2], after + 1 - first, -1)}
+if after + 1 < first then return {seq, st[2], 'snapshot', st[3], {}, epoch} end
+local events = redis.call('LRANGE', KEYS[2], after + 1 - first, -1)
+return {seq, st[2], 'since', st[3], events, epoch}
 """
 
 # Extend the running attempt's lease (the worker's heartbeat).

@@ -220,3 +220,33 @@ async def test_events_of_a_new_incarnation_end_the_old_one_s_streams_at_once(
         assert server.services.metrics.rechecks._value.get() >= 1
     assert pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS)).reason == "terminal"
     pub.redis.close()
+
+
+async def test_events_of_a_publisher_that_predates_epochs_do_not_end_streams(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace
+) -> None:
+    """During a rolling upgrade an older worker's events carry no `epoch` (it decodes as
+    0) while the job's state has one: the stream rechecks and goes on, no `StateLost`."""
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    keys = keyspace.job(job)
+    old_style = b'{"job_id":"%s","seq":2,"attempt":1,"status":"progress","percent":50.0}' % (
+        job.encode()
+    )
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
+                assert json.loads((await anext(events)).data)["seq"] == 1
+                with sync_redis.pipeline(transaction=True) as multi:  # the old script's writes
+                    multi.hset(keys.state, mapping={"seq": 2, "status": "progress"})
+                    multi.hset(keys.state, "event", old_style)
+                    multi.rpush(keys.history, old_style)
+                    multi.publish(keys.channel, old_style)
+                    multi.execute()
+                async with asyncio.timeout(10):
+                    rest = [json.loads((await anext(events)).data)]
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result=1))
+                    rest += [json.loads(e.data) async for e in events]
+    assert [(e["seq"], e["status"]) for e in rest] == [(2, "progress"), (3, "success")]
+    pub.redis.close()
