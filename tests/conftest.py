@@ -1,7 +1,12 @@
-"""Shared fixtures: one private redis-server for the session, a key prefix per test."""
+"""Shared fixtures: one private redis-server for the session, a key prefix per test; and
+a guard that fails any test during which asyncio reported a task exception nobody
+retrieved (a background task that died silently, in the test's loop or a server thread's).
+"""
 
 from __future__ import annotations
 
+import gc
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -12,6 +17,50 @@ import redis.asyncio
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import RedisServer
+
+UNRETRIEVED = "exception was never retrieved"
+
+
+class UnretrievedExceptions(logging.Handler):
+    """Keeps asyncio's reports of a task or future whose exception nobody retrieved.
+
+    asyncio logs them on its `asyncio` logger from whichever loop (or thread) dropped the
+    task, so one handler there sees the tests' loops and the uvicorn threads' alike.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if UNRETRIEVED in message:
+            self.reports.append(message.splitlines()[0] + ": " + message[:2000])
+
+
+unretrieved = UnretrievedExceptions()
+logging.getLogger("asyncio").addHandler(unretrieved)
+
+
+@pytest.fixture(autouse=True)
+def no_unretrieved_task_exceptions() -> Iterator[None]:
+    """Fail the test if asyncio reported an exception nobody retrieved while it ran."""
+    before = len(unretrieved.reports)
+    yield
+    found = unretrieved.reports[before:]
+    if found:
+        pytest.fail("asyncio reported " + "; ".join(found), pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A task dropped in a reference cycle is only reported when collected: collect once
+    at the end (a collection per test would cost ~60 ms each) and fail the run if any."""
+    reported = len(unretrieved.reports)
+    gc.collect()
+    late = unretrieved.reports[reported:]
+    if late:
+        print("\nasyncio reported task exceptions nobody retrieved:\n" + "\n".join(late))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from progress_streamer.protocol.event import (
     check_report,
 )
 from progress_streamer.protocol.files import check_file, file_fields
+from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.log_lines import LogLines
 from progress_streamer.protocol.outcome import error_of, result_error, shorter_errors
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
@@ -48,11 +49,15 @@ class JobAlreadyFinished(RuntimeError):
 
 
 class JobRun:
-    """The events of one attempt of one job, published through the shared publisher."""
+    """The events of one attempt of one job, published through the shared publisher, each
+    with the job's state as the run's last accepted event left it (`seen`): if Redis
+    loses that state, the run's later events are refused and the job ends `StateLost`
+    (protocol/incarnation.py)."""
 
     def __init__(self, publisher: AsyncPublisher, job_id: str, job_try: int) -> None:
         self.publisher = publisher
         self.job_id = job_id
+        self.seen: SeenState | None = None
         self.attempt = max(job_try, 1)  # a minimum: the script assigns the real attempt
         self._lease = publisher.settings.lease_seconds
         self._throttle = AsyncProgressThrottle(self._send, publisher.settings.throttle_ms)
@@ -72,6 +77,7 @@ class JobRun:
             raise JobAlreadyFinished(
                 f"job {self.job_id} is already finished ({outcome.reason}); not running it again"
             )
+        self.seen = outcome.seen
         self.attempt = outcome.attempt
         await self.publisher.touch_lease(self.job_id, self.attempt)  # indexed for the sweeper
         self._heartbeat = asyncio.ensure_future(self._beat())
@@ -209,7 +215,9 @@ class JobRun:
         self, status: JobStatus, *, lease_seconds: float | None = None, **fields: Any
     ) -> PublishOutcome:
         draft = EventDraft(job_id=self.job_id, status=status, attempt=self.attempt, **fields)
-        outcome = await self.publisher.publish(draft, lease_seconds=lease_seconds)
+        outcome = await self.publisher.publish(draft, lease_seconds=lease_seconds, seen=self.seen)
+        if outcome.accepted:
+            self.seen = outcome.seen
         if status.is_terminal and (outcome.accepted or outcome.reason == "terminal"):
             self._ended = True
         if not outcome.accepted:

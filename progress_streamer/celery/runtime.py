@@ -17,6 +17,7 @@ import redis
 
 from progress_streamer.protocol.estimate import RateEstimator
 from progress_streamer.protocol.event import EventDraft, EventTooLarge, Report
+from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.lease import LeaseHeartbeat
 from progress_streamer.protocol.log_lines import LogLines
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
@@ -97,11 +98,15 @@ class WorkerRuntime:
 
 
 class RunningAttempt:
-    """One run of a job in this process: its attempt number, throttle and heartbeat."""
+    """One run of a job in this process: its attempt number, throttle and heartbeat, and
+    the job's state as its last accepted event left it (`seen`, passed with every
+    publish: if Redis loses that state, the attempt's later events are refused and the
+    job ends `StateLost`, protocol/incarnation.py)."""
 
     def __init__(self, publisher: Publisher, job_id: str) -> None:
         self.publisher = publisher
         self.job_id = job_id
+        self.seen: SeenState | None = None
         self.number: int | None = None
         self.refused: str | None = None  # why `started` was refused: the job must not run
         self.ended = False  # a terminal event was published (or refused) for this run
@@ -111,15 +116,30 @@ class RunningAttempt:
         self.lines = LogLines(publisher.settings.log_lines_per_second)
         self._last_sent = Report(None, None, None, None, None)
 
-    def start(self, minimum_attempt: int) -> PublishOutcome:
-        """Publish `started` (granting the first lease) and start the heartbeat."""
+    def start(self, minimum_attempt: int, seen: SeenState | None = None) -> PublishOutcome:
+        """Publish `started` (granting the first lease) and start the heartbeat. `seen`:
+        the state the task's message saw (its `pending` event's), if it carried one."""
         draft = EventDraft(job_id=self.job_id, status=JobStatus.STARTED, attempt=minimum_attempt)
-        outcome = self.publisher.publish(draft, lease_seconds=self.publisher.settings.lease_seconds)
+        lease = self.publisher.settings.lease_seconds
+        outcome = self.publish(draft, seen=seen, lease_seconds=lease)
         if not outcome.accepted:
             self.refused = outcome.reason or "refused"
             return outcome
         self.number = outcome.attempt
         self.heartbeat = LeaseHeartbeat(self.publisher, self.job_id, outcome.attempt).start()
+        return outcome
+
+    def publish(
+        self,
+        draft: EventDraft,
+        *,
+        seen: SeenState | None = None,
+        lease_seconds: float | None = None,
+    ) -> PublishOutcome:
+        """Publish one of this attempt's events, passing the state it last saw."""
+        outcome = self.publisher.publish(draft, seen=seen or self.seen, lease_seconds=lease_seconds)
+        if outcome.accepted:
+            self.seen = outcome.seen
         return outcome
 
     def flush(self) -> None:
@@ -142,7 +162,7 @@ class RunningAttempt:
             draft = EventDraft(job_id=self.job_id, status=JobStatus.PROGRESS,
                                attempt=self.number, log=line, **fields)  # fmt: skip
             try:
-                self.publisher.publish(draft)
+                self.publish(draft)
             except (redis.RedisError, OSError) as exc:
                 log.warning("job %s: log line not published: %s", self.job_id, exc)
 
@@ -171,12 +191,12 @@ class RunningAttempt:
     def _publish_dropping_large_data(self, draft: EventDraft) -> PublishOutcome:
         """An event too large only because of its `data` goes out without it."""
         try:
-            return self.publisher.publish(draft)
+            return self.publish(draft)
         except EventTooLarge as exc:
             if draft.data is None:
                 raise
             log.warning("job %s: progress data dropped: %s", self.job_id, exc)
-            return self.publisher.publish(dataclasses.replace(draft, data=None))
+            return self.publish(dataclasses.replace(draft, data=None))
 
 
 runtime = WorkerRuntime()

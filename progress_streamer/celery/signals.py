@@ -13,6 +13,9 @@ Which process each handler runs in matters with the prefork pool:
                                      task_unknown -> failure NotRegistered
 
 A refused publish (the job is already terminal, e.g. cancelled) is logged and ignored.
+The sender puts what its `pending` saw of the job's state into the task message
+(`SEEN_HEADER`), so the pool child's `started` is refused too when Redis lost that state
+meanwhile (protocol/incarnation.py); the child's later events carry its own.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from progress_streamer.protocol.event import (
     EventNotSerializable,
     EventTooLarge,
 )
+from progress_streamer.protocol.incarnation import SEEN_HEADER, SeenState
 from progress_streamer.protocol.keys import is_valid_job_id
 from progress_streamer.protocol.outcome import error_info, error_of, result_error, shorter_errors
+from progress_streamer.protocol.publisher import PublishOutcome
 from progress_streamer.protocol.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -44,17 +49,19 @@ log = logging.getLogger(__name__)
 def on_before_task_publish(
     sender: Any = None, headers: dict[str, Any] | None = None, body: Any = None, **_: Any
 ) -> None:
-    headers = headers or {}
-    job_id = headers.get("id")
+    message = headers if headers is not None else {}
+    job_id = message.get("id")
     if job_id is None and isinstance(body, dict):  # message protocol 1
         job_id = body.get("id")
-        headers = body
-    if int(headers.get("retries") or 0) > 0:
+        message = body
+    if int(message.get("retries") or 0) > 0:
         return  # a retry: the job is already running, its next run publishes `started`
     if not is_valid_job_id(job_id):
         log.debug("task %s: id %r is not a job id; no events", sender, job_id)
         return
-    publish(EventDraft(job_id=str(job_id), status=JobStatus.PENDING))
+    outcome = publish(EventDraft(job_id=str(job_id), status=JobStatus.PENDING))
+    if outcome is not None and outcome.seen is not None and message is headers:
+        headers[SEEN_HEADER] = outcome.seen.as_text()  # protocol 2: the worker's request
 
 
 def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -63,8 +70,9 @@ def on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> No
     assert task_id is not None
     attempt = RunningAttempt(runtime.publisher, task_id)
     runtime.begin(attempt)
+    seen = SeenState.from_text(getattr(task.request, SEEN_HEADER, None))
     try:
-        outcome = attempt.start(minimum_attempt=int(task.request.retries or 0) + 1)
+        outcome = attempt.start(int(task.request.retries or 0) + 1, seen)
     except (redis.RedisError, OSError) as exc:
         log.warning("job %s: `started` not published, running anyway: %s", task_id, exc)
         return
@@ -82,9 +90,9 @@ def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         job_id=attempt.job_id, status=JobStatus.SUCCESS, attempt=attempt.number, result=result
     )
     try:
-        finish(draft)
+        finish(draft, attempt)
     except (EventNotSerializable, EventTooLarge) as exc:
-        finish(failure_of(attempt, result_error(exc)))
+        finish(failure_of(attempt, result_error(exc)), attempt)
     attempt.ended = True
 
 
@@ -100,7 +108,7 @@ def on_task_failure(
             return
         attempt.flush()
         attempt.stop()
-        finish(failure_of(attempt, error_of(exception)))
+        finish(failure_of(attempt, error_of(exception)), attempt)
         attempt.ended = True
     elif isinstance(exception, WorkerLostError):  # in the parent: the child died
         message = f"the worker process running this job exited unexpectedly ({exception})"
@@ -117,7 +125,7 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, *
     # Say so at once, so a bar does not look frozen through the countdown.
     message = retry_message(request, reason, getattr(sender, "max_retries", None))
     publish(EventDraft(job_id=attempt.job_id, status=JobStatus.PROGRESS,
-                       attempt=attempt.number, message=message))  # fmt: skip
+                       attempt=attempt.number, message=message), attempt)  # fmt: skip
     attempt.stop()
     # Between runs no heartbeat runs: take the job out of the sweeper's index.
     forget_lease(attempt.job_id)
@@ -165,29 +173,33 @@ def on_task_unknown(name: str | None = None, id: str | None = None, **_: Any) ->
     finish(EventDraft(job_id=id, status=JobStatus.FAILURE, error=error))
 
 
-def publish(draft: EventDraft) -> bool:
-    """Publish, logging (never raising) a refusal or a Redis error; True if accepted."""
+def publish(draft: EventDraft, attempt: RunningAttempt | None = None) -> PublishOutcome | None:
+    """Publish (through the running attempt, if any: it passes the state it saw), logging
+    (never raising) a refusal or a Redis error; the outcome, None on a Redis error."""
     try:
-        outcome = runtime.publisher.publish(draft)
+        if attempt is None:
+            outcome = runtime.publisher.publish(draft)
+        else:
+            outcome = attempt.publish(draft)
     except (redis.RedisError, OSError) as exc:
         log.warning("job %s: %s event not published: %s", draft.job_id, draft.status, exc)
-        return False
+        return None
     if not outcome.accepted:
         log.debug("job %s: %s refused (%s)", draft.job_id, draft.status, outcome.reason)
-    return outcome.accepted
+    return outcome
 
 
-def finish(draft: EventDraft) -> None:
+def finish(draft: EventDraft, attempt: RunningAttempt | None = None) -> None:
     """Publish a terminal event, then drop the job from the sweeper's index.
 
     A `success` too large or not JSON raises (the caller turns it into a failure); a
     failure always gets through, its message shortened until the event fits."""
     if draft.error is None:
-        publish(draft)
+        publish(draft, attempt)
     else:
         for error in shorter_errors(draft.error):
             with contextlib.suppress(EventTooLarge):
-                publish(replace(draft, error=error))
+                publish(replace(draft, error=error), attempt)
                 break
     forget_lease(draft.job_id)
 

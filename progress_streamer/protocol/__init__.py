@@ -13,6 +13,7 @@ from progress_streamer.protocol.event import (
     decode_event,
 )
 from progress_streamer.protocol.files import FileTooLarge
+from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.keys import InvalidJobId, KeySpace, is_valid_job_id
 from progress_streamer.protocol.publisher import AsyncPublisher, Publisher, PublishOutcome
 from progress_streamer.protocol.settings import Settings, SettingsError
@@ -33,6 +34,7 @@ __all__ = [
     "ProgressEvent",
     "PublishOutcome",
     "Publisher",
+    "SeenState",
     "Settings",
     "SettingsError",
     "decode_event",

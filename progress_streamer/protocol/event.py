@@ -1,8 +1,10 @@
 """The event: one JSON object per report, byte-for-byte the same everywhere it goes.
 
 A worker builds an `EventDraft` (everything but `seq`) and encodes it into two halves;
-the publish script in Redis glues them around the `seq` it assigns, so the JSON is never
-decoded and re-encoded in Lua (cjson would turn `75.0` into `75` and `[]` into `{}`).
+the publish script in Redis glues them around the `seq`, `epoch` and `attempt` it
+assigns, so the JSON is never decoded and re-encoded in Lua (cjson would turn `75.0`
+into `75` and `[]` into `{}`). `epoch` names the incarnation of the job's state the
+event belongs to (`protocol/incarnation.py`).
 Readers decode with `decode_event`, which rejects anything malformed with
 `MalformedEvent` instead of crashing.
 """
@@ -17,8 +19,8 @@ from typing import Any, NamedTuple
 from progress_streamer.protocol.keys import is_valid_job_id
 from progress_streamer.protocol.status import JobStatus
 
-# Room the script needs for `"seq":<n>,"attempt":<a>,` (each well under 16 digits).
-SEQ_ROOM = len('"seq":,"attempt":,') + 32
+# Room the script needs for `"seq":<n>,"epoch":<e>,"attempt":<a>,` (each at most 16 digits).
+SEQ_ROOM = len('"seq":,"epoch":,"attempt":,') + 48
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
@@ -86,7 +88,7 @@ class EventDraft:
     log: str | None = None
 
     def encode(self, max_bytes: int) -> tuple[bytes, bytes]:
-        """The JSON's two halves, around where the script puts `"seq":N,"attempt":A,`.
+        """The JSON's two halves, around where the script puts `"seq":N,"epoch":E,"attempt":A,`.
 
         Raises `EventNotSerializable` or `EventTooLarge`; nothing is published then.
         """
@@ -173,10 +175,11 @@ def _is_percent(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProgressEvent:
-    """An event as published: a draft plus its `seq`, and the exact JSON bytes."""
+    """An event as published: a draft plus its `seq` and `epoch`, and the exact JSON bytes."""
 
     job_id: str
     seq: int
+    epoch: int  # the incarnation of the job's state (0: published before epochs existed)
     status: JobStatus
     attempt: int
     step: str | None
@@ -225,6 +228,9 @@ def _from_dict(obj: dict[str, Any], raw: bytes) -> ProgressEvent:
         raise ValueError("job_id")
     if type(seq) is not int or seq < 1 or type(attempt) is not int or attempt < 1:
         raise ValueError("seq/attempt")
+    epoch = obj.get("epoch", 0)
+    if type(epoch) is not int or epoch < 0:
+        raise ValueError("epoch")
     percent = obj.get("percent")
     if percent is not None and not _is_percent(percent):
         raise ValueError("percent")
@@ -235,6 +241,7 @@ def _from_dict(obj: dict[str, Any], raw: bytes) -> ProgressEvent:
     return ProgressEvent(
         job_id=job_id,
         seq=seq,
+        epoch=epoch,
         status=JobStatus(obj["status"]),
         attempt=attempt,
         step=_opt(obj.get("step"), str),
@@ -273,12 +280,12 @@ def _opt(value: Any, kind: type) -> Any:
     return value
 
 
-def join_event(head: bytes, seq: int, attempt: int, tail: bytes) -> bytes:
+def join_event(head: bytes, seq: int, attempt: int, tail: bytes, epoch: int = 0) -> bytes:
     """The whole JSON, glued as the publish script glues it."""
-    return b"".join((head, b'"seq":%d,"attempt":%d,' % (seq, attempt), tail))
+    return b"".join((head, b'"seq":%d,"epoch":%d,"attempt":%d,' % (seq, epoch, attempt), tail))
 
 
-def encode_event(draft: EventDraft, seq: int, attempt: int) -> bytes:
+def encode_event(draft: EventDraft, seq: int, attempt: int, epoch: int = 0) -> bytes:
     """A whole event's JSON, for events made outside Redis (the `StateLost` end)."""
     head, tail = draft.encode(1 << 30)
-    return join_event(head, seq, attempt, tail)
+    return join_event(head, seq, attempt, tail, epoch)

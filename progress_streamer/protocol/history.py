@@ -2,21 +2,53 @@
 
 Used by the web app to replay before streaming live, and to catch clients up after the
 shared subscription reconnects. One atomic script call, so a publish never lands between
-reading the snapshot and reading the history.
+reading the snapshot and reading the history. State this service did not write (a
+snapshot or history entry that is not an event, a key of the wrong type) raises
+`CorruptState`, never a decoding error or a Redis error that reads like an outage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 import redis.asyncio
+from redis.exceptions import ResponseError
 
-from progress_streamer.protocol.event import ProgressEvent, decode_event
+from progress_streamer.protocol.event import MalformedEvent, ProgressEvent, decode_event
 from progress_streamer.protocol.keys import JobKeys, StateField
 from progress_streamer.protocol.scripts import READ_SINCE
 from progress_streamer.protocol.status import JobStatus
+
+
+class CorruptState(RuntimeError):
+    """A job's state in Redis that this service cannot read: not written by it. Its
+    text is safe to answer; `detail` (the parser's words) is for the log."""
+
+    def __init__(self, what: str, why: str, detail: str = "") -> None:
+        super().__init__(f"{what} in Redis is unreadable ({why})")
+        self.detail = detail
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    """Redis's answer to a command on a key of another type (inside a script too)."""
+    return isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc)
+
+
+@contextmanager
+def state_of_job() -> Iterator[None]:
+    """Turn what a job's unreadable state raises into `CorruptState`."""
+    try:
+        yield
+    except MalformedEvent as exc:
+        raise CorruptState("the state of this job", "not an event", str(exc)) from None
+    except ResponseError as exc:
+        if is_wrong_type(exc):
+            raise CorruptState("the state of this job", "a key of the wrong type") from None
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +60,9 @@ class CatchUp:
     snapshot: ProgressEvent  # the latest event
     events: tuple[ProgressEvent, ...]  # to send, in seq order
     from_snapshot: bool  # True: the client's seq was absent, too old or ahead
+    # The incarnation of the job's state, from its hash (not from the events: an older
+    # publisher's events carry none, and that must not read as a lost state).
+    epoch: int
 
     @property
     def is_terminal(self) -> bool:
@@ -37,16 +72,26 @@ class CatchUp:
 def catch_up_of(reply: list[Any]) -> CatchUp | None:
     if not reply:
         return None
-    seq, status, mode, snapshot_raw, raw_events = reply
+    seq, status, mode, snapshot_raw, raw_events, epoch = reply
+    if int(seq) < 1:
+        raise MalformedEvent("the seq field is not a number")
+    epoch_text = epoch.decode("ascii", "replace") if isinstance(epoch, bytes) else str(epoch)
+    if not (epoch_text.isascii() and epoch_text.isdigit()) or len(epoch_text) > 16:
+        raise MalformedEvent("the epoch field is not a number")
     snapshot = decode_event(snapshot_raw)
     from_snapshot = mode in (b"snapshot", "snapshot")
     events = (snapshot,) if from_snapshot else tuple(decode_event(e) for e in raw_events)
+    try:
+        latest = JobStatus(status.decode() if isinstance(status, bytes) else status)
+    except (AttributeError, ValueError) as exc:
+        raise MalformedEvent(f"bad status field: {exc}") from None
     return CatchUp(
         seq=int(seq),
-        status=JobStatus(status.decode() if isinstance(status, bytes) else status),
+        status=latest,
         snapshot=snapshot,
         events=events,
         from_snapshot=from_snapshot,
+        epoch=int(epoch_text),
     )
 
 
@@ -59,12 +104,14 @@ class JobReader:
 
     async def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
         """None for an unknown job. `after=None` asks for the snapshot."""
-        reply = await self._read(keys=[keys.state, keys.history], args=[_after(after)])
-        return catch_up_of(reply)
+        with state_of_job():
+            reply = await self._read(keys=[keys.state, keys.history], args=[_after(after)])
+            return catch_up_of(reply)
 
     async def snapshot(self, keys: JobKeys) -> ProgressEvent | None:
-        raw: bytes | None = await self.redis.hget(keys.state, StateField.EVENT)  # type: ignore[misc]
-        return None if raw is None else decode_event(raw)
+        with state_of_job():
+            raw: bytes | None = await self.redis.hget(keys.state, StateField.EVENT)  # type: ignore[misc]
+            return None if raw is None else decode_event(raw)
 
 
 class SyncJobReader:
@@ -75,11 +122,14 @@ class SyncJobReader:
         self._read = client.register_script(READ_SINCE)
 
     def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
-        return catch_up_of(self._read(keys=[keys.state, keys.history], args=[_after(after)]))
+        with state_of_job():
+            reply = self._read(keys=[keys.state, keys.history], args=[_after(after)])
+            return catch_up_of(reply)
 
     def snapshot(self, keys: JobKeys) -> ProgressEvent | None:
-        raw = cast("bytes | None", self.redis.hget(keys.state, StateField.EVENT))
-        return None if raw is None else decode_event(raw)
+        with state_of_job():
+            raw = cast("bytes | None", self.redis.hget(keys.state, StateField.EVENT))
+            return None if raw is None else decode_event(raw)
 
 
 def _after(after: int | None) -> int:

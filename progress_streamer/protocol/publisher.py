@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.scripts import PUBLISH, TOUCH_LEASE
 from progress_streamer.protocol.settings import Settings
@@ -28,7 +29,13 @@ class PublishOutcome:
     accepted: bool
     seq: int
     attempt: int = 0
-    reason: str | None = None  # 'terminal', 'illegal_transition', 'stale_attempt', ...
+    reason: str | None = None  # 'terminal', 'illegal_transition', 'state_lost', ...
+    epoch: int = 0  # when accepted: the incarnation of the job's state it went into
+
+    @property
+    def seen(self) -> SeenState | None:
+        """What to pass as `seen` with the job's next publish (None when refused)."""
+        return SeenState(epoch=self.epoch, seq=self.seq) if self.accepted else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +51,12 @@ def publish_call(
     *,
     condition: str = "",
     lease_seconds: float | None = None,
+    seen: SeenState | None = None,
 ) -> PublishCall:
-    """The script's KEYS and ARGV for one draft (raises before anything is sent)."""
+    """The script's KEYS and ARGV for one draft (raises before anything is sent).
+
+    `seen` is the job's state as this publisher last saw it (`PublishOutcome.seen`): if
+    it is gone, the loss wins (protocol/incarnation.py) and this draft is refused."""
     if not draft.ts:
         draft = replace(draft, ts=round(time.time(), 6))
     head, tail = draft.encode(settings.max_event_bytes)
@@ -61,13 +72,17 @@ def publish_call(
             settings.job_ttl,
             condition,
             "" if lease_seconds is None else lease_seconds,
+            "" if seen is None else seen.epoch,
+            "" if seen is None else seen.seq,
         ],
     )
 
 
 def outcome_of(reply: list[Any]) -> PublishOutcome:
     if int(reply[0]) == 1:
-        return PublishOutcome(accepted=True, seq=int(reply[1]), attempt=int(reply[2]))
+        return PublishOutcome(
+            accepted=True, seq=int(reply[1]), attempt=int(reply[2]), epoch=int(reply[3])
+        )
     reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
     return PublishOutcome(accepted=False, seq=int(reply[2]), reason=reason)
 
@@ -87,7 +102,12 @@ class Publisher:
         self._touch = client.register_script(TOUCH_LEASE)
 
     def publish(
-        self, draft: EventDraft, *, condition: str = "", lease_seconds: float | None = None
+        self,
+        draft: EventDraft,
+        *,
+        condition: str = "",
+        lease_seconds: float | None = None,
+        seen: SeenState | None = None,
     ) -> PublishOutcome:
         call = publish_call(
             self.keyspace.job(draft.job_id),
@@ -95,6 +115,7 @@ class Publisher:
             self.settings,
             condition=condition,
             lease_seconds=lease_seconds,
+            seen=seen,
         )
         return outcome_of(self._publish(keys=call.keys, args=call.args))
 
@@ -122,7 +143,12 @@ class AsyncPublisher:
         self._touch = client.register_script(TOUCH_LEASE)
 
     async def publish(
-        self, draft: EventDraft, *, condition: str = "", lease_seconds: float | None = None
+        self,
+        draft: EventDraft,
+        *,
+        condition: str = "",
+        lease_seconds: float | None = None,
+        seen: SeenState | None = None,
     ) -> PublishOutcome:
         call = publish_call(
             self.keyspace.job(draft.job_id),
@@ -130,8 +156,16 @@ class AsyncPublisher:
             self.settings,
             condition=condition,
             lease_seconds=lease_seconds,
+            seen=seen,
         )
         return outcome_of(await self._publish(keys=call.keys, args=call.args))
+
+    async def report_lost(self, job_id: str, seen: SeenState) -> PublishOutcome:
+        """A stream's report that the job's state it saw is gone (the loss wins): marks
+        the job lost, or ends the incarnation that replaced it with `StateLost`; refused
+        with 'not_lost' when the state is still the one seen."""
+        draft = state_lost_draft(job_id, None)
+        return await self.publish(draft, condition="lost", seen=seen)
 
     async def touch_lease(self, job_id: str, attempt: int) -> float | None:
         keys = self.keyspace.job(job_id)

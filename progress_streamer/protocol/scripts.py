@@ -6,25 +6,71 @@ and `seq` assignment happen in one atomic round trip, whichever process publishe
 
 from __future__ import annotations
 
+from progress_streamer.protocol.incarnation import state_lost_tail_prefix
+
 # Publish one event.
-# KEYS[1] state hash (seq, status, attempt, percent, lease, event)
+# KEYS[1] state hash (seq, status, attempt, percent, lease, epoch, event, lost)
 # KEYS[2] history list, KEYS[3] attached-file hash, KEYS[4] the job's pub/sub channel
 # ARGV[1] JSON head `{"job_id":"<id>",`   ARGV[2] JSON tail `"status":...}`
 # ARGV[3] status   ARGV[4] attempt ('' = the job's current one; for `started`, a minimum)
 # ARGV[5] percent ('' = none)   ARGV[6] history bound   ARGV[7] TTL seconds
-# ARGV[8] condition: '' or 'lease_expired' (the sweeper: only if the worker's lease ran out)
+# ARGV[8] condition: '' ; 'lease_expired' (the sweeper: only if the worker's lease ran
+#   out) ; 'lost' (a stream reports that the incarnation ARGV[10] it saw is gone: publish
+#   nothing of ARGV[1..2], only the loss)
 # ARGV[9] lease seconds to grant the running attempt ('' = leave the lease alone)
-# Returns {1, seq, attempt} when accepted, {0, reason, seq} when refused.
-PUBLISH = r"""
-local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease')
+# ARGV[10] the epoch the publisher saw ('' = none), ARGV[11] the last seq it saw ('' = 0)
+# Returns {1, seq, attempt, epoch} when accepted, {0, reason, seq} when refused.
+# The loss wins (protocol/incarnation.py): when the state the publisher saw is gone, or a
+# stream marked the job lost, the script stores a `StateLost` failure instead and
+# refuses with 'state_lost'; with the state gone, a 'lost' report only marks the job
+# (field `lost`: the highest seq known lost), so it answers 404 until published again.
+PUBLISH_TEMPLATE = r"""
+local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease',
+                      'epoch', 'lost')
 local seq = tonumber(st[1]) or 0
 local cur = st[2]
 local cur_attempt = tonumber(st[3]) or 0
+local epoch = st[6] or '0'
 local status = ARGV[3]
 local terminal = {success=true, failure=true, revoked=true}
-if cur and terminal[cur] then return {0, 'terminal', seq} end
 local now = redis.call('TIME')
 local now_s = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local function write(s, e, stat, att, tail)
+  local event = ARGV[1] .. '"seq":' .. s .. ',"epoch":' .. e .. ',"attempt":' .. att .. ','
+                .. tail
+  redis.call('HSET', KEYS[1], 'seq', s, 'status', stat, 'attempt', att, 'epoch', e,
+             'event', event)
+  redis.call('RPUSH', KEYS[2], event)
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+  local ttl = tonumber(ARGV[7])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('PUBLISH', KEYS[4], event)
+end
+local function lose()
+  if cur and terminal[cur] then return {0, 'terminal', seq} end
+  local tail = [==[__STATE_LOST_TAIL__]==] .. string.format('%.6f', now_s) .. '}'
+  local lost = math.max(tonumber(st[7]) or 0, tonumber(ARGV[11]) or 0)
+  if st[1] then
+    seq = seq + 1
+    write(seq, epoch, 'failure', math.max(cur_attempt, 1), tail)
+  elseif ARGV[8] == 'lost' then
+    redis.call('HSET', KEYS[1], 'lost', lost)
+    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
+    return {0, 'state_lost', 0}
+  else
+    seq = lost + 1
+    write(seq, now[1] .. string.format('%06d', tonumber(now[2])), 'failure',
+          tonumber(ARGV[4]) or 1, tail)
+  end
+  redis.call('HDEL', KEYS[1], 'lease', 'percent', 'lost')
+  return {0, 'state_lost', seq}
+end
+if ARGV[10] ~= '' and (not st[1] or epoch ~= ARGV[10]) then return lose() end
+if not st[1] and st[7] then return lose() end
+if ARGV[8] == 'lost' then return {0, 'not_lost', seq} end
+if cur and terminal[cur] then return {0, 'terminal', seq} end
 if ARGV[8] == 'lease_expired' then
   local lease = tonumber(st[5])
   if not lease or lease > now_s then return {0, 'lease_active', seq} end
@@ -51,9 +97,9 @@ if status == 'progress' and percent and st[4] and cur_attempt == attempt
    and tonumber(st[4]) > percent then
   return {0, 'percent_decreased', seq}
 end
+if not st[1] then epoch = now[1] .. string.format('%06d', tonumber(now[2])) end
 seq = seq + 1
-local event = ARGV[1] .. '"seq":' .. seq .. ',"attempt":' .. attempt .. ',' .. ARGV[2]
-redis.call('HSET', KEYS[1], 'seq', seq, 'status', status, 'attempt', attempt, 'event', event)
+write(seq, epoch, status, attempt, ARGV[2])
 if status == 'started' then redis.call('HDEL', KEYS[1], 'percent') end
 if percent then redis.call('HSET', KEYS[1], 'percent', ARGV[5]) end
 if terminal[status] then
@@ -61,32 +107,31 @@ if terminal[status] then
 elseif ARGV[9] ~= '' then
   redis.call('HSET', KEYS[1], 'lease', now_s + tonumber(ARGV[9]))
 end
-redis.call('RPUSH', KEYS[2], event)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
-local ttl = tonumber(ARGV[7])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('PUBLISH', KEYS[4], event)
-return {1, seq, attempt}
+return {1, seq, attempt, epoch}
 """
+PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix())
 
 # Read what a client needs to catch up, atomically with respect to publishes.
 # KEYS[1] state hash, KEYS[2] history list
 # ARGV[1] the client's last seen seq (-1: none, give the snapshot)
-# Returns {} for an unknown job, else {seq, status, mode, snapshot, events}:
+# Returns {} for an unknown job, else {seq, status, mode, snapshot, events, epoch}:
 # mode 'since' with the retained events after ARGV[1] (maybe none), or mode 'snapshot'
-# when ARGV[1] is -1, older than the history or ahead of the job.
+# when ARGV[1] is -1, older than the history or ahead of the job. seq is -1 when the
+# state's seq is not a number (state this service did not write). epoch is the state's
+# (its identity: protocol/incarnation.py), '0' for a state from before epochs.
 READ_SINCE = r"""
-local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'event')
+local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'event', 'epoch')
 if not st[1] then return {} end
 local seq = tonumber(st[1])
+local epoch = st[4] or '0'
+if not seq then return {-1, '', 'snapshot', '', {}, epoch} end
 local after = tonumber(ARGV[1])
-if after < 0 or after > seq then return {seq, st[2], 'snapshot', st[3], {}} end
-if after == seq then return {seq, st[2], 'since', st[3], {}} end
+if after < 0 or after > seq then return {seq, st[2], 'snapshot', st[3], {}, epoch} end
+if after == seq then return {seq, st[2], 'since', st[3], {}, epoch} end
 local first = seq - redis.call('LLEN', KEYS[2]) + 1
-if after + 1 < first then return {seq, st[2], 'snapshot', st[3], {}} end
-return {seq, st[2], 'since', st[3], redis.call('LRANGE', KEYS[2], after + 1 - first, -1)}
+if after + 1 < first then return {seq, st[2], 'snapshot', st[3], {}, epoch} end
+local events = redis.call('LRANGE', KEYS[2], after + 1 - first, -1)
+return {seq, st[2], 'since', st[3], events, epoch}
 """
 
 # Extend the running attempt's lease (the worker's heartbeat).

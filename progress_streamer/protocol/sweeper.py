@@ -15,6 +15,7 @@ import redis
 import redis.asyncio
 
 from progress_streamer.protocol.event import ErrorInfo, EventDraft
+from progress_streamer.protocol.history import is_wrong_type
 from progress_streamer.protocol.keys import KeySpace, is_valid_job_id
 from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.settings import Settings
@@ -75,7 +76,15 @@ class LeaseSweeper:
             await self.redis.zrem(self.keyspace.leases, job_id)
             return False
         draft = EventDraft(job_id=job_id, status=JobStatus.FAILURE, error=WORKER_LOST)
-        outcome = await self.publisher.publish(draft, condition="lease_expired")
+        try:
+            outcome = await self.publisher.publish(draft, condition="lease_expired")
+        except redis.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            # Not state this service wrote: it can never be swept; it must not block the rest.
+            log.warning("job %s: its state key has the wrong type; not sweeping it", job_id)
+            await self.redis.zrem(self.keyspace.leases, job_id)
+            return False
         if outcome.accepted:
             log.warning("job %s: its worker stopped responding; failed it (WorkerLost)", job_id)
         elif outcome.reason == "lease_active":

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.runner import JobRunner, check_runner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web import access_log
@@ -133,7 +134,11 @@ def build_services(
     client = redis.asyncio.Redis.from_pool(pool)
     reader = JobReader(client)
     hub = SubscriptionHub(
-        settings, reader, metrics, client_name=f"progress-hub-{settings.key_prefix}"
+        settings,
+        reader,
+        AsyncPublisher(client, settings),
+        metrics,
+        client_name=f"progress-hub-{settings.key_prefix}",
     )
     limiter = StreamLimiter(settings)
     metrics.track(lambda: limiter.open, lambda: hub.watched_jobs)

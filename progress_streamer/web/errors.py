@@ -1,8 +1,9 @@
 """Every error answer as SPEC.md's JSON: `{"error": {"code": ..., "message": ...}}`.
 
 Routes raise `ApiError`; the handlers here also turn Starlette's own 404/405, a Redis
-failure (503 `not_ready`) and any unhandled exception (500 `internal`, no traceback in
-the body) into the same shape.
+failure (503 `not_ready`), state in Redis this service cannot read (500 `internal`
+saying so: retrying cannot help, so it is not a 503) and any unhandled exception (500
+`internal`, no traceback in the body) into the same shape.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from progress_streamer.protocol.history import CorruptState, is_wrong_type
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,19 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
     """Redis down, stopped or timing out: a retryable 503, not an `internal` 500."""
+    if is_wrong_type(exc):  # Redis answered: it is the data, not an outage
+        unreadable = CorruptState("a key this request reads", "a key of the wrong type")
+        return await corrupt_state(request, unreadable)
     log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
     return error_response(503, "not_ready", "Redis is unavailable", {"Retry-After": "2"})
+
+
+async def corrupt_state(request: Request, exc: Exception) -> Response:
+    """State in Redis that this service did not write: say so, once per request, no
+    traceback (it is not a bug of this process)."""
+    detail = getattr(exc, "detail", "")
+    log.warning("unreadable state on %s %s: %s %s", request.method, request.url.path, exc, detail)
+    return error_response(500, "internal", str(exc))
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -76,6 +90,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
     HTTPException: http_error,
+    CorruptState: corrupt_state,
     RedisError: redis_unavailable,
     Exception: internal_error,
 }

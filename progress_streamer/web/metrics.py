@@ -35,6 +35,12 @@ class Metrics:
             "Pub/sub messages skipped as not an event of their channel's job",
             registry=r,
         )
+        self.rechecks = Counter(
+            "progress_rechecks",
+            "History reads for a live event that did not follow a client's last one "
+            "(a gap in seq, or another incarnation of the job's state)",
+            registry=r,
+        )
         self.streams_refused = Counter(
             "progress_streams_refused", "Streams answered 503 too_many_streams", registry=r
         )

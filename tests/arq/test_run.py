@@ -11,8 +11,11 @@ import pytest
 import redis.asyncio
 from arq.jobs import Job
 
-from progress_streamer.arq.run import JobAlreadyFinished
+from progress_streamer.arq.run import JobAlreadyFinished, JobRun
 from progress_streamer.arq.runner import ArqRunner
+from progress_streamer.protocol.history import JobReader
+from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.protocol.sweeper import LeaseSweeper
@@ -110,3 +113,23 @@ async def test_a_job_cut_short_by_a_worker_shutdown_runs_again_as_a_new_attempt(
         JobStatus.PROGRESS,
         JobStatus.SUCCESS,
     ]
+
+
+async def test_a_run_whose_state_redis_lost_is_refused_and_the_job_ends_state_lost(
+    async_redis: redis.asyncio.Redis, settings: Settings, keyspace: KeySpace
+) -> None:
+    """Issue 14, item 3: each event of a run carries the state it saw; once Redis lost
+    it, the run's next event is refused and the job ends `StateLost` in its place."""
+    job = uuid.uuid4().hex
+    run = JobRun(AsyncPublisher(async_redis, settings), job, 1)
+    await run.start()
+    await run.progress(step="one", percent=10.0)
+    try:
+        await async_redis.delete(*keyspace.job(job).all_keys)
+        outcome = await run.succeed({"ok": True})
+    finally:
+        await run.stop()
+    assert (outcome.accepted, outcome.reason, outcome.seq) == (False, "state_lost", 3)
+    end = await JobReader(async_redis).snapshot(keyspace.job(job))
+    assert end is not None and (end.status, end.seq) == (JobStatus.FAILURE, 3)
+    assert end.error is not None and end.error.type == "StateLost"

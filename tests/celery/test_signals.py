@@ -166,5 +166,21 @@ def test_a_task_run_inside_another_reports_to_its_own_job_and_the_outer_one_to_i
     assert steps == {outer: ["outer", "outer again"], inner: ["inner"]}
 
 
+def test_a_task_whose_pending_state_redis_lost_is_not_run_and_ends_state_lost(
+    worker: Worker,
+) -> None:
+    """Issue 14, item 3: the task message carries what its `pending` saw of the job's
+    state, so a worker starting it after Redis lost that state neither recreates the
+    job from seq 1 nor runs it; the job ends `StateLost`, numbered past the lost seq."""
+    job, key = new_job(), f"mark-{uuid.uuid4().hex}"
+    worker.app.send_task("tests.mark", kwargs={"key": key}, task_id=job, countdown=1)
+    assert worker.statuses(job) == ["pending"]
+    worker.redis.delete(*worker.keyspace.job(job).all_keys)  # a restart without persistence
+    end = worker.wait_terminal(job)
+    assert (end.seq, end.status, end.error and end.error.type) == (2, "failure", "StateLost")
+    assert [e.seq for e in worker.events(job)] == [2]
+    assert worker.redis.get(key) is None  # the body never ran
+
+
 def test_no_signal_handler_raised(worker: Worker) -> None:
     assert "Signal handler" not in worker.log(), worker.log()

@@ -17,6 +17,7 @@ from progress_streamer.protocol.event import (
     decode_event,
 )
 from progress_streamer.protocol.history import JobReader, SyncJobReader
+from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher, Publisher
 from progress_streamer.protocol.settings import Settings
@@ -142,7 +143,7 @@ def test_snapshot_is_the_last_event_byte_for_byte_as_published(
     assert history(sync_redis, keyspace, job) == published
     assert sync_redis.hget(keys.state, "event") == published[-1]
     event = json.loads(published[-1])
-    assert list(event)[:4] == ["job_id", "seq", "attempt", "status"]
+    assert list(event)[:5] == ["job_id", "seq", "epoch", "attempt", "status"]
     assert b'"percent":75.0' in published[-1]  # not re-encoded by Lua's cjson
 
 
@@ -228,3 +229,90 @@ async def test_async_publisher_and_reader_share_the_script(
     assert ahead is not None and ahead.from_snapshot
     caught_up = await reader.events_since(keys, 5)
     assert caught_up is not None and caught_up.events == () and not caught_up.is_terminal
+
+
+def lost_state(client: redis.Redis, keyspace: KeySpace, job_id: str) -> None:
+    """What a Redis restart without persistence does to one job."""
+    client.delete(*keyspace.job(job_id).all_keys)
+
+
+def test_every_event_carries_its_state_s_epoch_and_a_new_state_gets_a_new_one(
+    sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace
+) -> None:
+    pub, job = Publisher(sync_redis, settings), new_job()
+    first = [pub.publish(draft(job, status)) for status in (JobStatus.PENDING, JobStatus.STARTED)]
+    events = [decode_event(raw) for raw in history(sync_redis, keyspace, job)]
+    assert first[0].epoch == first[1].epoch > 10**15  # Redis time in microseconds
+    assert [e.epoch for e in events] == [first[0].epoch] * 2
+    assert b'"seq":1,"epoch":%d,"attempt":1,' % first[0].epoch in events[0].raw
+    lost_state(sync_redis, keyspace, job)
+    again = pub.publish(draft(job, JobStatus.STARTED))
+    assert again.accepted and again.seq == 1 and again.epoch > first[0].epoch
+
+
+def test_a_publisher_whose_state_vanished_is_refused_and_the_loss_is_stored(
+    sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace
+) -> None:
+    pub, job = Publisher(sync_redis, settings), new_job()
+    pub.publish(draft(job, JobStatus.PENDING))
+    seen = pub.publish(draft(job, JobStatus.STARTED)).seen
+    for percent in (10.0, 20.0):
+        seen = pub.publish(draft(job, JobStatus.PROGRESS, percent=percent), seen=seen).seen
+    assert seen is not None and seen.seq == 4
+    lost_state(sync_redis, keyspace, job)
+    refused = pub.publish(draft(job, JobStatus.PROGRESS, percent=30.0, attempt=1), seen=seen)
+    assert (refused.accepted, refused.reason, refused.seq) == (False, "state_lost", 5)
+    (raw,) = history(sync_redis, keyspace, job)
+    end = decode_event(raw)
+    assert (end.seq, end.status, end.attempt) == (5, JobStatus.FAILURE, 1)
+    assert end.error is not None and end.error.type == "StateLost"
+    assert end.epoch > seen.epoch
+    assert set(json.loads(raw)) == set(json.loads(history_of_a_failure(pub)))  # same shape
+    for later in (draft(job, JobStatus.SUCCESS, result=1), draft(job, JobStatus.STARTED)):
+        assert pub.publish(later, seen=seen).reason == "terminal"
+        assert pub.publish(later).reason == "terminal"
+
+
+def history_of_a_failure(pub: Publisher) -> bytes:
+    job = new_job()
+    pub.publish(draft(job, JobStatus.FAILURE, error=None))
+    raw: bytes = pub.redis.hget(pub.keyspace.job(job).state, "event")  # type: ignore[assignment]
+    return raw
+
+
+def test_a_state_recreated_by_a_publisher_that_never_saw_it_ends_state_lost(
+    sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace
+) -> None:
+    pub, job = Publisher(sync_redis, settings), new_job()
+    seen = pub.publish(draft(job, JobStatus.STARTED)).seen
+    lost_state(sync_redis, keyspace, job)
+    unaware = [pub.publish(draft(job, s)) for s in (JobStatus.STARTED, JobStatus.PROGRESS)]
+    assert [o.seq for o in unaware] == [1, 2]
+    refused = pub.publish(draft(job, JobStatus.PROGRESS, attempt=1), seen=seen)
+    assert (refused.reason, refused.seq) == ("state_lost", 3)
+    end = decode_event(history(sync_redis, keyspace, job)[-1])
+    assert (end.seq, end.status, end.epoch) == (3, JobStatus.FAILURE, unaware[0].epoch)
+    assert pub.publish(draft(job, JobStatus.SUCCESS)).reason == "terminal"
+
+
+async def test_a_stream_s_loss_report_marks_the_job_until_it_is_published_again(
+    async_redis: redis.asyncio.Redis, settings: Settings, keyspace: KeySpace
+) -> None:
+    pub, job = AsyncPublisher(async_redis, settings), new_job()
+    reader = JobReader(async_redis)
+    seen = (await pub.publish(draft(job, JobStatus.STARTED))).seen
+    assert seen is not None
+    assert (await pub.report_lost(job, seen)).reason == "not_lost"  # still there: nothing
+    await async_redis.delete(*keyspace.job(job).all_keys)
+    for last in (7, 4):  # two streams, the highest seq wins
+        assert (await pub.report_lost(job, SeenState(epoch=seen.epoch, seq=last))).seq == 0
+    assert await reader.events_since(keyspace.job(job), None) is None  # still unknown: 404
+    assert 0 < await async_redis.ttl(keyspace.job(job).state) <= settings.job_ttl
+    refused = await pub.publish(draft(job, JobStatus.STARTED))  # a publisher unaware of it
+    assert (refused.reason, refused.seq) == ("state_lost", 8)
+    catch_up = await reader.events_since(keyspace.job(job), 3)
+    assert catch_up is not None and catch_up.is_terminal
+    assert [(e.seq, e.error.type if e.error else None) for e in catch_up.events] == [
+        (8, "StateLost")
+    ]
+    assert not await async_redis.hexists(keyspace.job(job).state, "lost")

@@ -154,3 +154,21 @@ async def test_run_survives_redis_errors_and_stops_when_asked(
         await asyncio.wait_for(run, timeout=5)
     await client.aclose()
     assert any("lease sweep failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_job_key_of_the_wrong_type_does_not_stop_the_sweeper(
+    sync_redis: redis.Redis,
+    async_redis: redis.asyncio.Redis,
+    lease_settings: Settings,
+    keyspace: KeySpace,
+) -> None:
+    """Issue 14, item 10: a job whose state key was of the wrong type made every sweep
+    raise on it, first in the index, so no other job was ever failed `WorkerLost`."""
+    publisher = Publisher(sync_redis, lease_settings)
+    bad, job = new_job(), new_job()
+    sync_redis.set(keyspace.job(bad).state, b"a string, not a hash")
+    sync_redis.zadd(keyspace.leases, {bad: 0})
+    start(publisher, job, lease=-1)
+    sweeper = LeaseSweeper(async_redis, lease_settings)
+    assert await sweeper.sweep_once() == [job]
+    assert await async_redis.zscore(keyspace.leases, bad) is None  # dropped from the index

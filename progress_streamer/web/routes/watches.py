@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from progress_streamer.protocol.history import CorruptState
 from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.web.auth import presented_token, require_token
 from progress_streamer.web.errors import ApiError
@@ -96,7 +97,9 @@ async def watch_events(request: Request) -> Response | EventStreamResponse:
     raw = await services.redis.get(services.keyspace.watch(watch_id))
     if raw is None:
         raise ApiError(404, "not_found", "no such watch")
-    job_ids = tuple(raw.decode().split(","))
+    job_ids = tuple(raw.decode("utf-8", "replace").split(","))
+    if len(job_ids) > MAX_JOBS or not all(is_valid_job_id(job_id) for job_id in job_ids):
+        raise CorruptState("this watch", "not a list of job ids")
     after = parse_cursor(last_event_id(request), len(job_ids))
     req = StreamRequest(job_ids, after, client_address(request), watch=True)
     try:

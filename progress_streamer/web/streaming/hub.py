@@ -22,6 +22,14 @@ Deliberate choices:
   (to re-subscribe and catch every client up from history), never done silently.
 - After a reconnect every client is caught up from the job's history after its own last
   seq; a job whose state is gone gets a `StateLost` failure, for that client only.
+- A live event that does not follow a client's last one (a gap in seq, or another
+  `epoch`: protocol/incarnation.py) is not delivered: the history decides (`recheck`),
+  with one read per job and last seq, not per client. A forged seq is thus never sent,
+  and a client whose state Redis lost gets `StateLost` at once, however the job's new
+  events are numbered. The loss is reported to Redis (`AsyncPublisher.report_lost`), so
+  the job ends `StateLost` for every viewer: the loss wins.
+- A catch-up never dies unseen: whatever its read raises, each of its clients is
+  released (with the replay, or `StateLost` for state it cannot read) or closed.
 """
 
 from __future__ import annotations
@@ -31,24 +39,19 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import RedisError
 
-from progress_streamer.protocol.event import (
-    ErrorInfo,
-    EventDraft,
-    MalformedEvent,
-    decode_event,
-    encode_event,
-)
-from progress_streamer.protocol.history import CatchUp, JobReader
+from progress_streamer.protocol.event import MalformedEvent, decode_event, encode_event
+from progress_streamer.protocol.history import CatchUp, CorruptState, JobReader
+from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.settings import Settings
-from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.metrics import Metrics
 from progress_streamer.web.streaming.subscriber import Delivery, Subscriber, frame_of
 
@@ -77,11 +80,18 @@ class SubscriptionHub:
     """Ref-counted channel subscriptions over one connection, with one reader task."""
 
     def __init__(
-        self, settings: Settings, reader: JobReader, metrics: Metrics, *, client_name: str
+        self,
+        settings: Settings,
+        reader: JobReader,
+        publisher: AsyncPublisher,
+        metrics: Metrics,
+        *,
+        client_name: str,
     ) -> None:
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
         self.reader = reader
+        self.publisher = publisher  # reports lost states (the loss wins)
         self.metrics = metrics
         # No socket timeout: redis-py would arm a timer around every read, i.e. per event.
         # The reader keeps one timer for all its reads (`_read_forever`), and the
@@ -118,6 +128,10 @@ class SubscriptionHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        catch_ups = list(self._tasks)
+        for task in catch_ups:
+            task.cancel()
+        await asyncio.gather(*catch_ups, return_exceptions=True)
         if self._conn is not None:
             await self._conn.disconnect()
         await self._pool.disconnect()
@@ -273,8 +287,14 @@ class SubscriptionHub:
             return
         delivery = frame_of(event)
         self.metrics.events_relayed.inc()
+        stray: list[Subscriber] | None = None
         for sub in channel.subscribers:
-            sub.offer(delivery)
+            if not sub.offer(delivery):
+                if stray is None:
+                    stray = []
+                stray.append(sub)
+        if stray is not None:
+            self.recheck(channel.job_id, stray)
 
     def _skip_bad_message(self, name: str, exc: Exception) -> None:
         self.metrics.bad_messages.inc()
@@ -291,30 +311,84 @@ class SubscriptionHub:
         """After a (re)subscribe: queue, for every held client, what it missed."""
         held = channel.resync & channel.subscribers
         channel.resync = set()
+        self._read_for(channel.job_id, held)
+
+    def recheck(self, job_id: str, subs: list[Subscriber]) -> None:
+        """These clients were offered an event that does not follow their last one (or a
+        replay of another incarnation): hold the job for them and let its history decide."""
+        self.metrics.rechecks.inc()
+        for sub in subs:
+            sub.hold(job_id)
+        self._read_for(job_id, subs)
+
+    def _read_for(self, job_id: str, subs: Iterable[Subscriber]) -> None:
+        """One history read per distinct last seq, each in a task that never raises."""
         by_seq: defaultdict[int, list[Subscriber]] = defaultdict(list)
-        for sub in held:
-            by_seq[sub.last_seq[channel.job_id]].append(sub)
-        for after, subs in by_seq.items():
-            task = asyncio.create_task(self._catch_up_from(channel.job_id, after, subs))
+        for sub in subs:
+            by_seq[sub.last_seq[job_id]].append(sub)
+        for after, group in by_seq.items():
+            task = asyncio.create_task(self._catch_up_from(job_id, after, group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _catch_up_from(self, job_id: str, after: int, subs: list[Subscriber]) -> None:
-        keys = self.keyspace.job(job_id)
+        """A catch-up task: never raises, and leaves no client held (released or closed)."""
         try:
-            catch_up = await self.reader.events_since(keys, after if after > 0 else None)
+            await self._read_and_deliver(job_id, after, subs)
         except (RedisError, OSError) as exc:
             log.warning("catch-up of job %s failed (%s); clients resume", job_id, exc)
             for sub in subs:
                 sub.close("redis")
-            return
-        for sub in subs:
-            sub.release(job_id, self._replay_for(sub, job_id, catch_up))
+        except Exception:
+            log.exception("catch-up of job %s failed; clients resume", job_id)
+            for sub in subs:
+                sub.close("error")
 
-    def _replay_for(self, sub: Subscriber, job_id: str, catch_up: CatchUp | None) -> list[Delivery]:
-        if catch_up is None:
-            return [state_lost(job_id, sub.last_seq[job_id], sub.last_attempt[job_id])]
-        return [frame_of(event) for event in catch_up.events]
+    async def _read_and_deliver(self, job_id: str, after: int, subs: list[Subscriber]) -> None:
+        keys = self.keyspace.job(job_id)
+        try:
+            catch_up = await self.reader.events_since(keys, after if after > 0 else None)
+        except CorruptState as exc:
+            log.warning("job %s: %s %s; its streams end StateLost", job_id, exc, exc.detail)
+            for sub in subs:
+                _lose(sub, job_id)
+            return
+        lost = [seen for sub in subs if (seen := self._deliver(sub, job_id, catch_up))]
+        if lost:
+            await self._report_lost(job_id, lost)
+
+    def _deliver(self, sub: Subscriber, job_id: str, catch_up: CatchUp | None) -> SeenState | None:
+        """Release the client with what the history says; if the state it saw is gone,
+        with `StateLost`, and return what it saw of that state (to report)."""
+        known = sub.epoch[job_id]
+        if job_id in sub.finished:
+            sub.release(job_id, (), None)
+            return None
+        if catch_up is None or (known is not None and catch_up.epoch != known):
+            seen = None if known is None else SeenState(epoch=known, seq=sub.last_seq[job_id])
+            _lose(sub, job_id)
+            return seen
+        replay = [frame_of(event) for event in catch_up.events]
+        if not sub.release(job_id, replay, catch_up.epoch):
+            self.recheck(job_id, [sub])
+        return None
+
+    async def _report_lost(self, job_id: str, lost: list[SeenState]) -> None:
+        """Tell Redis what these clients saw of the lost state: the loss wins for all."""
+        seen: dict[int, int] = {}
+        for state in lost:
+            seen[state.epoch] = max(seen.get(state.epoch, 0), state.seq)
+        for epoch, seq in seen.items():
+            try:
+                await self.publisher.report_lost(job_id, SeenState(epoch=epoch, seq=seq))
+            except (RedisError, OSError) as exc:
+                log.warning("job %s: its lost state could not be reported: %s", job_id, exc)
+
+
+def _lose(sub: Subscriber, job_id: str) -> None:
+    """End the client's stream of this job with its own `StateLost` (not stored)."""
+    last, epoch = sub.last_seq[job_id], sub.epoch[job_id] or 0
+    sub.release(job_id, [state_lost(job_id, last, sub.last_attempt[job_id], epoch)], None)
 
 
 async def _bounded(step: Awaitable[None]) -> None:
@@ -326,13 +400,8 @@ async def _bounded(step: Awaitable[None]) -> None:
         raise ConnectionError(f"Redis did not answer within {HEALTH_SECONDS}s") from None
 
 
-def state_lost(job_id: str, last_seq: int, attempt: int) -> Delivery:
-    """The `StateLost` failure for one client: seq one past the last it saw, not stored."""
-    draft = EventDraft(
-        job_id=job_id,
-        status=JobStatus.FAILURE,
-        attempt=attempt,
-        error=ErrorInfo(type="StateLost", message="Redis lost the state of this job"),
-        ts=round(time.time(), 6),
-    )
-    return frame_of(decode_event(encode_event(draft, last_seq + 1, attempt)))
+def state_lost(job_id: str, last_seq: int, attempt: int, epoch: int) -> Delivery:
+    """The `StateLost` failure for one client: seq one past the last it saw, not stored,
+    of the epoch it saw (the end of its history, not the start of another)."""
+    draft = state_lost_draft(job_id, attempt, round(time.time(), 6))
+    return frame_of(decode_event(encode_event(draft, last_seq + 1, attempt, epoch)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from progress_streamer.protocol.history import CatchUp
+from progress_streamer.protocol.history import CatchUp, CorruptState
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.services import Services
 from progress_streamer.web.streaming.frames import PING
@@ -89,14 +89,7 @@ async def _subscribe_and_replay(services: Services, req: StreamRequest, sub: Sub
         await asyncio.gather(*(services.hub.subscribe(sub, job_id) for job_id in req.job_ids))
     except HubUnavailable:
         raise ApiError(503, "not_ready", "Redis is unavailable", {"Retry-After": "2"}) from None
-    reads = [
-        services.reader.events_since(services.keyspace.job(job_id), after)
-        for job_id, after in zip(req.job_ids, req.after, strict=True)
-    ]
-    try:
-        catch_ups = await asyncio.gather(*reads)
-    except (RedisError, OSError):
-        raise ApiError(503, "not_ready", "Redis is unavailable", {"Retry-After": "2"}) from None
+    catch_ups = await _read_all(services, req)
     done = 0
     for job_id, after, catch_up in zip(req.job_ids, req.after, catch_ups, strict=True):
         if catch_up is None and not req.watch:
@@ -106,9 +99,29 @@ async def _subscribe_and_replay(services: Services, req: StreamRequest, sub: Sub
         sub.last_seq[job_id] = resume_point(catch_up, after)
         if caught_up:
             sub.finished.add(job_id)
-        sub.release(job_id, [] if caught_up else _replay(job_id, after, catch_up))
+        replay = [] if caught_up else _replay(job_id, after, catch_up)
+        if not sub.release(job_id, replay, None if catch_up is None else catch_up.epoch):
+            services.hub.recheck(job_id, [sub])
     if done == len(req.job_ids):
         raise CaughtUp
+
+
+async def _read_all(services: Services, req: StreamRequest) -> list[CatchUp | None]:
+    """Every job's catch-up. Redis failing: 503. A job's unreadable state: for a job
+    stream, `CorruptState` (a clear 500); in a watch, that job alone ends (`StateLost`)."""
+    reads = [
+        services.reader.events_since(services.keyspace.job(job_id), after)
+        for job_id, after in zip(req.job_ids, req.after, strict=True)
+    ]
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    for result in results:
+        if isinstance(result, RedisError | OSError):
+            raise ApiError(503, "not_ready", "Redis is unavailable", {"Retry-After": "2"})
+        if isinstance(result, CorruptState) and not req.watch:
+            raise result
+        if isinstance(result, BaseException) and not isinstance(result, CorruptState):
+            raise result
+    return [None if isinstance(r, BaseException) else r for r in results]
 
 
 def is_caught_up(catch_up: CatchUp | None, after: int | None) -> bool:
@@ -129,8 +142,8 @@ def resume_point(catch_up: CatchUp | None, after: int | None) -> int:
 
 
 def _replay(job_id: str, after: int | None, catch_up: CatchUp | None) -> list[Delivery]:
-    if catch_up is None:  # a watched job whose state is gone
-        return [state_lost(job_id, after or 0, 1)]
+    if catch_up is None:  # a watched job whose state is gone (or unreadable)
+        return [state_lost(job_id, after or 0, 1, 0)]
     return [frame_of(event) for event in catch_up.events]
 
 

@@ -5,7 +5,12 @@ them out in order. Owned by `streaming/hub.py`, read by `streaming/response.py`.
 
 Rules kept here (SPEC.md, "The event stream"):
 - per job, a frame is queued only if its `seq` is past the last one queued (no repeats);
-- while a job is being replayed (`hold`), live events wait, then follow the replay;
+- a live event is taken only if it follows: its `seq` at most one past the last one and
+  its `epoch` the one the replay came from. Anything else (a gap, a forged seq, another
+  incarnation of the job's state) is refused, and the hub reads the history, which
+  decides (`hub.py`): two comparisons per delivery, a Redis read only for the odd one;
+- while a job is being replayed (`hold`), live events wait (at most `capacity` of them:
+  beyond, the client is closed and resumes), then follow the replay;
 - when the queue is full, a `progress` event replaces the job's queued `progress`
   (latest wins); any other event is queued past the bound (never dropped), so the queue
   overshoots by at most the handful of status changes a job can have;
@@ -71,6 +76,9 @@ class Subscriber:
         self.capacity = capacity
         self.last_seq: dict[str, int] = dict.fromkeys(job_ids, 0)
         self.last_attempt: dict[str, int] = dict.fromkeys(job_ids, 1)
+        # The incarnation of each job's state this client's events come from (None until
+        # its replay says): protocol/incarnation.py.
+        self.epoch: dict[str, int | None] = dict.fromkeys(job_ids)
         self.finished: set[str] = set()  # jobs whose terminal event is queued
         self.coalesced = 0
         self._on_coalesce = on_coalesce  # e.g. the process's metric; only on this rare path
@@ -103,20 +111,39 @@ class Subscriber:
         """Keep live events of the job aside until `release` (a replay is on its way)."""
         self._held.setdefault(job_id, [])
 
-    def release(self, job_id: str, replay: Iterable[Delivery]) -> None:
-        """Queue the replay, then the live events that came meanwhile (deduplicated)."""
+    def release(self, job_id: str, replay: Iterable[Delivery], epoch: int | None) -> bool:
+        """Queue the replay, read from Redis (so it is taken as it is) from the incarnation
+        `epoch` (None: no change), then the live events that came meanwhile, as `offer`
+        takes them. False when one of those does not follow, or the replay is of another
+        incarnation than this client's: the hub then reads the history again."""
         held = self._held.pop(job_id, [])
+        if epoch is not None:
+            known = self.epoch[job_id]
+            if known is not None and known != epoch:
+                return False
+            self.epoch[job_id] = epoch
         for delivery in replay:
             self._push(delivery)
-        for delivery in held:
-            self._push(delivery)
+        return all(self.offer(delivery) for delivery in held)
 
-    def offer(self, delivery: Delivery) -> None:
-        held = self._held.get(delivery.event.job_id)
+    def offer(self, delivery: Delivery) -> bool:
+        """Take a live event, or say False: it does not follow this client's last event of
+        its job (a gap in seq, or another epoch), so it is not delivered and the hub reads
+        the history, which decides."""
+        event = delivery.event
+        job_id = event.job_id
+        held = self._held.get(job_id)
         if held is not None:
-            held.append(delivery)
-        else:
+            if len(held) < self.capacity:
+                held.append(delivery)
+            else:  # the replay is late: never grow without bound; the client resumes
+                self.close("lagging")
+            return True
+        if event.epoch == self.epoch.get(job_id) and event.seq <= self.last_seq[job_id] + 1:
             self._push(delivery)
+            return True
+        # Nothing to check for a job finished here, or not watched by this client.
+        return job_id in self.finished or job_id not in self.epoch
 
     def _push(self, delivery: Delivery) -> None:
         # Runs for every delivery (the fan-out's inner loop): attribute reads kept few.

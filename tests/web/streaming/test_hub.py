@@ -22,6 +22,7 @@ from tests.support.server import (
     numsub,
     open_sse,
     publisher,
+    read_all,
     running_server,
 )
 
@@ -182,4 +183,70 @@ async def test_no_message_content_ends_the_shared_reader(
         assert rest == ["success"]
         assert metrics.bad_messages._value.get() == 3
         assert metrics.redis_reconnects._value.get() == 0
+    pub.redis.close()
+
+
+async def test_events_of_a_new_incarnation_end_the_old_one_s_streams_at_once(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace
+) -> None:
+    """Regression (issue 14, item 3): the job's state vanished under open streams (here
+    with the pub/sub connection untouched, as after a failover to an empty replica) and a
+    publisher that never saw it recreated the job from seq 1; the hub dropped those
+    events as already seen, and the streams stayed open with no terminal event."""
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    for percent in (10.0, 20.0):
+        pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            url = f"/api/v1/jobs/{job}/events"
+            async with open_sse(client, url) as (_, a), open_sse(client, url) as (_, b):
+                assert [json.loads((await anext(s)).data)["seq"] for s in (a, b)] == [3, 3]
+                sync_redis.delete(*keyspace.job(job).all_keys)
+                for status in (JobStatus.STARTED, JobStatus.PROGRESS):  # seqs 1 and 2 again
+                    pub.publish(EventDraft(job_id=job, status=status))
+                async with asyncio.timeout(10):
+                    ends = [[json.loads(e.data) async for e in s] for s in (a, b)]
+            for end in ends:
+                assert [(e["seq"], e["status"], e["error"]["type"]) for e in end] == [
+                    (4, "failure", "StateLost")
+                ]
+            # The loss wins: the new incarnation ended StateLost too, for new viewers.
+            status = (await client.get(f"/api/v1/jobs/{job}")).json()
+            assert (status["status"], status["error"]["type"]) == ("failure", "StateLost")
+            fresh = await read_all(client, url)
+            assert [json.loads(e.data)["error"]["type"] for e in fresh.events] == ["StateLost"]
+        assert server.services.metrics.rechecks._value.get() >= 1
+    assert pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS)).reason == "terminal"
+    pub.redis.close()
+
+
+async def test_events_of_a_publisher_that_predates_epochs_do_not_end_streams(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace
+) -> None:
+    """During a rolling upgrade an older worker's events carry no `epoch` (it decodes as
+    0) while the job's state has one: the stream rechecks and goes on, no `StateLost`."""
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    keys = keyspace.job(job)
+    old_style = b'{"job_id":"%s","seq":2,"attempt":1,"status":"progress","percent":50.0}' % (
+        job.encode()
+    )
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
+                assert json.loads((await anext(events)).data)["seq"] == 1
+                with sync_redis.pipeline(transaction=True) as multi:  # the old script's writes
+                    multi.hset(keys.state, mapping={"seq": 2, "status": "progress"})
+                    multi.hset(keys.state, "event", old_style)
+                    multi.rpush(keys.history, old_style)
+                    multi.publish(keys.channel, old_style)
+                    multi.execute()
+                async with asyncio.timeout(10):
+                    rest = [json.loads((await anext(events)).data)]
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result=1))
+                    rest += [json.loads(e.data) async for e in events]
+    assert [(e["seq"], e["status"]) for e in rest] == [(2, "progress"), (3, "success")]
     pub.redis.close()
