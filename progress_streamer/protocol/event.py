@@ -98,8 +98,10 @@ class EventDraft:
             **{name: getattr(self, name) for name in PROGRESS_FIELDS},
             "result": self.result,
             "error": None if self.error is None else self.error.as_dict(),
-            "ts": self.ts,
             "data": self.data,
+            # `ts` ends an event without optional fields: the publish script writes its
+            # own `StateLost` event by appending the time there (incarnation.py).
+            "ts": self.ts,
         }
         for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
