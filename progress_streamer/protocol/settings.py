@@ -6,6 +6,7 @@ Both the web app and the workers take a `Settings` explicitly; nothing reads
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -82,6 +83,21 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses or networks (`10.0.0.1`, `10.0.0.0/8`, `::1`), comma-separated, or `*`
+    alone (any peer: only where nothing but the proxy can reach the port)."""
+    entries = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if "*" in entries and len(entries) > 1:
+        raise ValueError("* trusts every peer and cannot be combined with addresses")
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+    return entries
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -113,6 +129,7 @@ class Settings:
     max_stream_seconds: float = 3600.0
     shutdown_seconds: float = 5.0
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For/-Proto are believed
 
     @property
     def broker_url(self) -> str:
@@ -188,6 +205,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROGRESS_MAX_STREAM_SECONDS": ("max_stream_seconds", _float(1.0)),
     "PROGRESS_SHUTDOWN_SECONDS": ("shutdown_seconds", _float(0.0)),
     "PROGRESS_CORS_ORIGINS": ("cors_origins", _origins),
+    "PROGRESS_TRUSTED_PROXIES": ("trusted_proxies", _proxies),
 }
 
 VARIABLE_NAMES = tuple(_VARIABLES)

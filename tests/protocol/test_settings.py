@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from progress_streamer.protocol.settings import VARIABLE_NAMES, Settings, SettingsError
+from tests.support import ROOT
 
 SPEC_VARIABLES = {
     "REDIS_URL", "CELERY_BROKER_URL", "PORT", "PROGRESS_AUTH", "PROGRESS_SECRET",
@@ -15,10 +16,17 @@ SPEC_VARIABLES = {
     "PROGRESS_MAX_STREAMS", "PROGRESS_MAX_STREAMS_PER_CLIENT", "PROGRESS_MAX_STREAM_SECONDS",
     "PROGRESS_SHUTDOWN_SECONDS", "PROGRESS_CORS_ORIGINS",
 }  # fmt: skip
+# Added by the hardening of issue 14 (the server's edge).
+HARDENING_VARIABLES = {"PROGRESS_TRUSTED_PROXIES"}
 
 
-def test_the_variables_are_exactly_those_of_the_spec() -> None:
-    assert set(VARIABLE_NAMES) == SPEC_VARIABLES
+def test_the_variables_are_exactly_those_of_the_spec_and_the_hardening() -> None:
+    assert set(VARIABLE_NAMES) == SPEC_VARIABLES | HARDENING_VARIABLES
+
+
+def test_every_variable_is_in_the_configuration_table() -> None:
+    table = (ROOT / "docs" / "configuration.md").read_text()
+    assert [name for name in VARIABLE_NAMES if f"| `{name}` |" not in table] == []
 
 
 def test_defaults_match_the_spec() -> None:
@@ -31,6 +39,7 @@ def test_defaults_match_the_spec() -> None:
     assert (s.lease_seconds, s.ping_seconds, s.client_queue, s.send_timeout) == (30, 15, 1000, 30)
     assert (s.max_streams, s.max_streams_per_client) == (10000, 500)
     assert (s.max_stream_seconds, s.shutdown_seconds, s.cors_origins) == (3600, 5, ())
+    assert s.trusted_proxies == ()
     assert s.secret is None and s.api_key is None
 
 
@@ -41,8 +50,11 @@ def test_values_are_parsed() -> None:
             "PROGRESS_AUTH": "none",
             "PROGRESS_LEASE_SECONDS": "2.5",
             "PROGRESS_CORS_ORIGINS": "https://a.example, https://b.example/",
+            "PROGRESS_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16,::1",
         }
     )
+    assert s.trusted_proxies == ("10.0.0.5", "10.1.0.0/16", "::1")
+    assert Settings.from_env({"PROGRESS_TRUSTED_PROXIES": "*"}).trusted_proxies == ("*",)
     assert s.broker_url == "amqp://guest@localhost//"
     assert not s.auth_enabled and s.lease_seconds == 2.5
     assert s.cors_origins == ("https://a.example", "https://b.example")
@@ -59,6 +71,8 @@ def test_values_are_parsed() -> None:
         ("REDIS_URL", "localhost:6379"),
         ("PROGRESS_CORS_ORIGINS", "*"),
         ("PROGRESS_KEY_PREFIX", "a{b}"),
+        ("PROGRESS_TRUSTED_PROXIES", "proxy.internal"),
+        ("PROGRESS_TRUSTED_PROXIES", "*, 10.0.0.1"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:

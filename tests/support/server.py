@@ -71,6 +71,7 @@ class ServerThread:
             http=http,
             log_level="warning",
             timeout_graceful_shutdown=5,
+            proxy_headers=False,  # as the Procfile: PROGRESS_TRUSTED_PROXIES decides
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
