@@ -17,6 +17,9 @@ T = TypeVar("T")
 # A signing key shorter than this is refused wherever tokens are signed or checked: an
 # HMAC key is only as strong as it is long, and an empty one makes every token forgeable.
 MIN_SECRET_BYTES = 32
+# Connections a web process takes beyond its stream cap by default (PROGRESS_MAX_CONNECTIONS
+# unset): the JSON API, /healthz and idle kept-alive connections.
+CONNECTION_HEADROOM = 1000
 
 
 class SettingsError(ValueError):
@@ -129,7 +132,18 @@ class Settings:
     max_stream_seconds: float = 3600.0
     shutdown_seconds: float = 5.0
     cors_origins: tuple[str, ...] = ()
+    max_header_bytes: int = 16384  # a request line and its headers, together
+    request_timeout: float = 10.0  # seconds a request has to arrive whole
+    max_connections: int | None = None  # None: max_streams + CONNECTION_HEADROOM
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For/-Proto are believed
+
+    @property
+    def connection_cap(self) -> int:
+        """Client connections a web process takes: more than its streams, so that a
+        full stream cap still leaves room for the JSON API and `/healthz`."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return self.max_streams + CONNECTION_HEADROOM
 
     @property
     def broker_url(self) -> str:
@@ -152,7 +166,13 @@ class Settings:
                 values[attr] = parse(raw)
             except ValueError as exc:
                 raise SettingsError(f"{name}={raw!r}: {exc}") from None
-        return cls(**values)
+        settings = cls(**values)
+        if settings.connection_cap <= settings.max_streams:
+            raise SettingsError(
+                f"PROGRESS_MAX_CONNECTIONS={settings.connection_cap} must be above "
+                f"PROGRESS_MAX_STREAMS={settings.max_streams}: each stream holds a connection"
+            )
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         current = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -206,6 +226,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROGRESS_SHUTDOWN_SECONDS": ("shutdown_seconds", _float(0.0)),
     "PROGRESS_CORS_ORIGINS": ("cors_origins", _origins),
     "PROGRESS_TRUSTED_PROXIES": ("trusted_proxies", _proxies),
+    "PROGRESS_MAX_HEADER_BYTES": ("max_header_bytes", _int(1024)),
+    "PROGRESS_REQUEST_TIMEOUT": ("request_timeout", _float(0.1)),
+    "PROGRESS_MAX_CONNECTIONS": ("max_connections", _int(2)),
 }
 
 VARIABLE_NAMES = tuple(_VARIABLES)

@@ -2,7 +2,7 @@
 
 Routes raise `ApiError`; the handlers here also turn Starlette's own 404/405, a Redis
 failure (503 `not_ready`) and any unhandled exception (500 `internal`, no traceback in
-the body) into the same shape.
+the body) into the same shape. A client gone while its body was read gets nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,12 @@ async def redis_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(503, "not_ready", "Redis is unavailable", {"Retry-After": "2"})
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client left (or was cut off by the request deadline, server_protocol.py) while
+    its body was being read: nobody is there to answer, and nothing to log."""
+    return Response(status_code=400)
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     headers = {"Referrer-Policy": "no-referrer"}  # outside the middleware that adds it
@@ -77,5 +83,6 @@ EXCEPTION_HANDLERS = {
     ApiError: api_error,
     HTTPException: http_error,
     RedisError: redis_unavailable,
+    ClientDisconnect: client_gone,
     Exception: internal_error,
 }

@@ -17,7 +17,10 @@ SPEC_VARIABLES = {
     "PROGRESS_SHUTDOWN_SECONDS", "PROGRESS_CORS_ORIGINS",
 }  # fmt: skip
 # Added by the hardening of issue 14 (the server's edge).
-HARDENING_VARIABLES = {"PROGRESS_TRUSTED_PROXIES"}
+HARDENING_VARIABLES = {
+    "PROGRESS_TRUSTED_PROXIES", "PROGRESS_MAX_HEADER_BYTES", "PROGRESS_REQUEST_TIMEOUT",
+    "PROGRESS_MAX_CONNECTIONS",
+}  # fmt: skip
 
 
 def test_the_variables_are_exactly_those_of_the_spec_and_the_hardening() -> None:
@@ -39,7 +42,8 @@ def test_defaults_match_the_spec() -> None:
     assert (s.lease_seconds, s.ping_seconds, s.client_queue, s.send_timeout) == (30, 15, 1000, 30)
     assert (s.max_streams, s.max_streams_per_client) == (10000, 500)
     assert (s.max_stream_seconds, s.shutdown_seconds, s.cors_origins) == (3600, 5, ())
-    assert s.trusted_proxies == ()
+    assert s.trusted_proxies == () and s.max_header_bytes == 16384
+    assert (s.request_timeout, s.max_connections, s.connection_cap) == (10, None, 11000)
     assert s.secret is None and s.api_key is None
 
 
@@ -72,6 +76,9 @@ def test_values_are_parsed() -> None:
         ("PROGRESS_CORS_ORIGINS", "*"),
         ("PROGRESS_KEY_PREFIX", "a{b}"),
         ("PROGRESS_TRUSTED_PROXIES", "proxy.internal"),
+        ("PROGRESS_MAX_HEADER_BYTES", "100"),
+        ("PROGRESS_REQUEST_TIMEOUT", "0"),
+        ("PROGRESS_MAX_CONNECTIONS", "100"),  # not above PROGRESS_MAX_STREAMS (10000)
         ("PROGRESS_TRUSTED_PROXIES", "*, 10.0.0.1"),
     ],
 )
@@ -86,3 +93,11 @@ def test_the_web_process_refuses_auth_without_a_secret() -> None:
     with pytest.raises(SettingsError, match="PROGRESS_SECRET is too short"):
         Settings.from_env({"PROGRESS_SECRET": "short"}).check_web()
     Settings.from_env({"PROGRESS_AUTH": "none"}).check_web()
+
+
+def test_the_connection_cap_follows_the_stream_cap_and_stays_above_it() -> None:
+    assert Settings.from_env({"PROGRESS_MAX_STREAMS": "20000"}).connection_cap == 21000
+    both = {"PROGRESS_MAX_STREAMS": "100", "PROGRESS_MAX_CONNECTIONS": "150"}
+    assert Settings.from_env(both).connection_cap == 150
+    with pytest.raises(SettingsError, match="PROGRESS_MAX_CONNECTIONS=100 must be above"):
+        Settings.from_env({**both, "PROGRESS_MAX_CONNECTIONS": "100"})
