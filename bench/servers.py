@@ -1,7 +1,8 @@
 """The three servers under test, each started pinned to the server core on a free port.
 
 - `ours`: the real web app, started from the Procfile's `web:` command (uvicorn with
-  uvloop and httptools), with the stream caps raised for a load from one address;
+  uvloop and the Procfile's protocol, httptools bounded), with the stream caps raised for
+  a load from one address (the connection cap follows them);
 - `naive`: `bench.naive_app` under the same uvicorn options (the Procfile's protocol);
 - `nchan`: nginx with the nchan module, one worker process (`bench.nchan`).
 
