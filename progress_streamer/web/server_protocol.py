@@ -92,10 +92,12 @@ def error_headers(body: bytes) -> list[tuple[bytes, bytes]]:
     ]
 
 
+@functools.cache
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
+@functools.cache  # a handful of distinct answers, sent to many connections at once
 def error_answer(status: int, body: bytes, *extra: tuple[bytes, bytes]) -> bytes:
     """A whole HTTP/1.1 response in SPEC.md's error shape that closes the connection."""
     headers = [*error_headers(body), *extra]
