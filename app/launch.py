@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from app.procfile import PROCFILE, read_procfile
 from progress_streamer.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def read_procfile(path: Path) -> dict[str, str]:
-    processes: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and name.strip() and not name.lstrip().startswith("#"):
-            processes[name.strip()] = command.strip()
-    return processes
 
 
 def main() -> int:
@@ -55,7 +47,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        for name, command in read_procfile(ROOT / "Procfile").items():
+        for name, command in read_procfile(PROCFILE).items():
             children[name] = subprocess.Popen(
                 ["bash", "-c", f"exec {command}"], cwd=ROOT, env=env, start_new_session=True
             )

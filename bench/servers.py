@@ -1,8 +1,9 @@
 """The three servers under test, each started pinned to the server core on a free port.
 
 - `ours`: the real web app, started from the Procfile's `web:` command (uvicorn with
-  uvloop and httptools), with the stream caps raised for a load from one address;
-- `naive`: `bench.naive_app` under the same uvicorn options;
+  uvloop and the Procfile's protocol, httptools bounded), with the stream caps raised for
+  a load from one address (the connection cap follows them);
+- `naive`: `bench.naive_app` under the same uvicorn options (the Procfile's protocol);
 - `nchan`: nginx with the nchan module, one worker process (`bench.nchan`).
 
 `RunningServer` reads the server's CPU time and RSS from /proc over its process tree,
@@ -12,8 +13,6 @@ and the Redis connections it holds from its sockets; `stop()` always waits for i
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import shutil
 import signal
 import socket
@@ -24,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.procfile import command_of, option_of
 from bench.machine import (
     SERVER_CORE,
     connections_to,
@@ -38,7 +38,6 @@ from progress_streamer.redis_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("ours", "naive", "nchan")
 LABELS = {"ours": "ours", "naive": "naive (sse-starlette, 1 Redis conn/client)", "nchan": "Nchan"}
-ENV_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 
 class ServerFailed(RuntimeError):
@@ -100,19 +99,6 @@ class RunningServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def procfile_web_command(env: dict[str, str]) -> list[str]:
-    """The Procfile's `web:` command with `${VAR:-default}` expanded from `env`."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == "web":
-            expanded = ENV_DEFAULT.sub(lambda m: env.get(m.group(1), m.group(2)), command)
-            args = shlex.split(expanded)
-            if args and args[0] == "uvicorn":  # the venv's uvicorn, whatever PATH says
-                args = [sys.executable, "-m", "uvicorn", *args[1:]]
-            return args
-    raise ServerFailed("no web: line in the Procfile")
-
-
 def command_for(
     name: str, backend: Backend, port: int, directory: str
 ) -> tuple[list[str], dict[str, str]]:
@@ -129,11 +115,12 @@ def command_for(
             PROGRESS_MAX_STREAMS_PER_CLIENT="20000",
             PROGRESS_SHUTDOWN_SECONDS="2",
         )
-        return [*procfile_web_command(env), *overrides], env
+        return command_of("web", env, *overrides), env
     if name == "naive":
         env.update(BENCH_REDIS_URL=backend.redis_url, BENCH_KEY_PREFIX=backend.key_prefix)
         args = [sys.executable, "-m", "uvicorn", "bench.naive_app:create_app_from_env"]
-        args += ["--factory", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+        args += ["--factory", "--loop", "uvloop", "--http", option_of("web", "--http")]
+        args += ["--no-access-log"]
         return [*args, *overrides], env
     if name == "nchan":
         assert backend.nchan is not None

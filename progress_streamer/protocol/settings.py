@@ -6,6 +6,7 @@ Both the web app and the workers take a `Settings` explicitly; nothing reads
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -16,6 +17,9 @@ T = TypeVar("T")
 # A signing key shorter than this is refused wherever tokens are signed or checked: an
 # HMAC key is only as strong as it is long, and an empty one makes every token forgeable.
 MIN_SECRET_BYTES = 32
+# Connections a web process takes beyond its stream cap by default (PROGRESS_MAX_CONNECTIONS
+# unset): the JSON API, /healthz and idle kept-alive connections.
+CONNECTION_HEADROOM = 1000
 
 
 class SettingsError(ValueError):
@@ -82,6 +86,21 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Addresses or networks (`10.0.0.1`, `10.0.0.0/8`, `::1`), comma-separated, or `*`
+    alone (any peer: only where nothing but the proxy can reach the port)."""
+    entries = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if "*" in entries and len(entries) > 1:
+        raise ValueError("* trusts every peer and cannot be combined with addresses")
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+    return entries
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -117,6 +136,18 @@ class Settings:
     post_burst: int = 30
     max_watches_per_client: int = 1000
     log_lines_per_second: int = 20
+    max_header_bytes: int = 16384  # a request line and its headers, together
+    request_timeout: float = 10.0  # seconds a request has to arrive whole
+    max_connections: int | None = None  # None: max_streams + CONNECTION_HEADROOM
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For/-Proto are believed
+
+    @property
+    def connection_cap(self) -> int:
+        """Client connections a web process takes: more than its streams, so that a
+        full stream cap still leaves room for the JSON API and `/healthz`."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return self.max_streams + CONNECTION_HEADROOM
 
     @property
     def broker_url(self) -> str:
@@ -139,7 +170,13 @@ class Settings:
                 values[attr] = parse(raw)
             except ValueError as exc:
                 raise SettingsError(f"{name}={raw!r}: {exc}") from None
-        return cls(**values)
+        settings = cls(**values)
+        if settings.connection_cap <= settings.max_streams:
+            raise SettingsError(
+                f"PROGRESS_MAX_CONNECTIONS={settings.connection_cap} must be above "
+                f"PROGRESS_MAX_STREAMS={settings.max_streams}: each stream holds a connection"
+            )
+        return settings
 
     def replace(self, **changes: Any) -> Settings:
         current = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -196,6 +233,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROGRESS_POST_BURST": ("post_burst", _int(1)),
     "PROGRESS_MAX_WATCHES_PER_CLIENT": ("max_watches_per_client", _int(1)),
     "PROGRESS_LOG_LINES_PER_SECOND": ("log_lines_per_second", _int(1)),
+    "PROGRESS_TRUSTED_PROXIES": ("trusted_proxies", _proxies),
+    "PROGRESS_MAX_HEADER_BYTES": ("max_header_bytes", _int(1024)),
+    "PROGRESS_REQUEST_TIMEOUT": ("request_timeout", _float(0.1)),
+    "PROGRESS_MAX_CONNECTIONS": ("max_connections", _int(2)),
 }
 
 VARIABLE_NAMES = tuple(_VARIABLES)

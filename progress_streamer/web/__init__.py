@@ -15,10 +15,13 @@ from progress_streamer.web.catalog import (
     UnknownTask,
     default_catalog,
 )
+from progress_streamer.web.server_protocol import BoundedHttpToolsProtocol, ConnectionLimits
 from progress_streamer.web.tokens import mint_token
 
 __all__ = [
+    "BoundedHttpToolsProtocol",
     "Catalog",
+    "ConnectionLimits",
     "IntParam",
     "InvalidParams",
     "JobRunner",

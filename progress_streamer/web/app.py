@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
@@ -178,7 +179,14 @@ def routes() -> list[BaseRoute]:
 
 
 def middleware(settings: Settings) -> list[Middleware]:
-    stack = [Middleware(ReferrerPolicy)]
+    stack = []
+    if settings.trusted_proxies:
+        # Outermost, so the limits, the routes and uvicorn's access log all see the
+        # forwarded client. The Procfile runs uvicorn with --no-proxy-headers: forwarded
+        # headers count only from the peers listed here, never by default.
+        trusted = list(settings.trusted_proxies)
+        stack.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=trusted))
+    stack.append(Middleware(ReferrerPolicy))
     if settings.cors_origins:
         stack.append(
             Middleware(

@@ -3,7 +3,8 @@
 Routes raise `ApiError`; the handlers here also turn Starlette's own 404/405, a Redis
 failure (503 `not_ready`), state in Redis this service cannot read (500 `internal`
 saying so: retrying cannot help, so it is not a 503) and any unhandled exception (500
-`internal`, no traceback in the body) into the same shape.
+`internal`, no traceback in the body) into the same shape. A client gone while its body
+was read gets nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from progress_streamer.protocol.history import CorruptState, is_wrong_type
@@ -81,6 +82,12 @@ async def corrupt_state(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", str(exc))
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client left (or was cut off by the request deadline, server_protocol.py) while
+    its body was being read: nobody is there to answer, and nothing to log."""
+    return Response(status_code=400)
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     headers = {"Referrer-Policy": "no-referrer"}  # outside the middleware that adds it
@@ -92,5 +99,6 @@ EXCEPTION_HANDLERS = {
     HTTPException: http_error,
     CorruptState: corrupt_state,
     RedisError: redis_unavailable,
+    ClientDisconnect: client_gone,
     Exception: internal_error,
 }

@@ -42,7 +42,9 @@ class StreamLimiter:
 
 
 def client_address(request: Request) -> str:
-    """The peer, or the forwarded address when uvicorn was told to trust the proxy."""
+    """The peer's address: the forwarded client's only when the peer is one of
+    PROGRESS_TRUSTED_PROXIES (the app's proxy-headers middleware rewrote the scope then;
+    the Procfile's uvicorn trusts no forwarded header itself, --no-proxy-headers)."""
     return request.client.host if request.client else "unknown"
 
 

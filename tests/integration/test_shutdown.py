@@ -6,12 +6,12 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 
+from app.procfile import command_of
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
@@ -20,7 +20,7 @@ from tests.support.server import open_sse, publisher
 
 
 def start_web(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    """The Procfile's web command (production factory, uvloop, httptools)."""
+    """The Procfile's web command (production factory, uvloop, its protocol)."""
     env = {
         **os.environ,
         "REDIS_URL": settings.redis_url,
@@ -28,11 +28,10 @@ def start_web(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "PROGRESS_AUTH": "none",
         "PROGRESS_SHUTDOWN_SECONDS": "3",
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+    command = command_of(
+        "web", env, "--host", "127.0.0.1", "--port", str(port),
         "--timeout-graceful-shutdown", "3", "--log-level", "warning",
-    ]  # fmt: skip
+    )  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

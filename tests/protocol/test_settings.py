@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from progress_streamer.protocol.settings import VARIABLE_NAMES, Settings, SettingsError
+from tests.support import ROOT
 
 SPEC_VARIABLES = {
     "REDIS_URL", "CELERY_BROKER_URL", "PORT", "PROGRESS_AUTH", "PROGRESS_SECRET",
@@ -19,11 +20,18 @@ SPEC_VARIABLES = {
 HARDENING_VARIABLES = {
     "PROGRESS_POST_RATE", "PROGRESS_POST_BURST", "PROGRESS_MAX_WATCHES_PER_CLIENT",
     "PROGRESS_LOG_LINES_PER_SECOND",
+    "PROGRESS_TRUSTED_PROXIES", "PROGRESS_MAX_HEADER_BYTES", "PROGRESS_REQUEST_TIMEOUT",
+    "PROGRESS_MAX_CONNECTIONS",
 }  # fmt: skip
 
 
 def test_the_variables_are_exactly_those_of_the_spec_and_the_hardening() -> None:
     assert set(VARIABLE_NAMES) == SPEC_VARIABLES | HARDENING_VARIABLES
+
+
+def test_every_variable_is_in_the_configuration_table() -> None:
+    table = (ROOT / "docs" / "configuration.md").read_text()
+    assert [name for name in VARIABLE_NAMES if f"| `{name}` |" not in table] == []
 
 
 def test_defaults_match_the_spec() -> None:
@@ -36,6 +44,8 @@ def test_defaults_match_the_spec() -> None:
     assert (s.lease_seconds, s.ping_seconds, s.client_queue, s.send_timeout) == (30, 15, 1000, 30)
     assert (s.max_streams, s.max_streams_per_client) == (10000, 500)
     assert (s.max_stream_seconds, s.shutdown_seconds, s.cors_origins) == (3600, 5, ())
+    assert s.trusted_proxies == () and s.max_header_bytes == 16384
+    assert (s.request_timeout, s.max_connections, s.connection_cap) == (10, None, 11000)
     assert s.secret is None and s.api_key is None
 
 
@@ -46,8 +56,11 @@ def test_values_are_parsed() -> None:
             "PROGRESS_AUTH": "none",
             "PROGRESS_LEASE_SECONDS": "2.5",
             "PROGRESS_CORS_ORIGINS": "https://a.example, https://b.example/",
+            "PROGRESS_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16,::1",
         }
     )
+    assert s.trusted_proxies == ("10.0.0.5", "10.1.0.0/16", "::1")
+    assert Settings.from_env({"PROGRESS_TRUSTED_PROXIES": "*"}).trusted_proxies == ("*",)
     assert s.broker_url == "amqp://guest@localhost//"
     assert not s.auth_enabled and s.lease_seconds == 2.5
     assert s.cors_origins == ("https://a.example", "https://b.example")
@@ -64,6 +77,11 @@ def test_values_are_parsed() -> None:
         ("REDIS_URL", "localhost:6379"),
         ("PROGRESS_CORS_ORIGINS", "*"),
         ("PROGRESS_KEY_PREFIX", "a{b}"),
+        ("PROGRESS_TRUSTED_PROXIES", "proxy.internal"),
+        ("PROGRESS_MAX_HEADER_BYTES", "100"),
+        ("PROGRESS_REQUEST_TIMEOUT", "0"),
+        ("PROGRESS_MAX_CONNECTIONS", "100"),  # not above PROGRESS_MAX_STREAMS (10000)
+        ("PROGRESS_TRUSTED_PROXIES", "*, 10.0.0.1"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
@@ -77,3 +95,11 @@ def test_the_web_process_refuses_auth_without_a_secret() -> None:
     with pytest.raises(SettingsError, match="PROGRESS_SECRET is too short"):
         Settings.from_env({"PROGRESS_SECRET": "short"}).check_web()
     Settings.from_env({"PROGRESS_AUTH": "none"}).check_web()
+
+
+def test_the_connection_cap_follows_the_stream_cap_and_stays_above_it() -> None:
+    assert Settings.from_env({"PROGRESS_MAX_STREAMS": "20000"}).connection_cap == 21000
+    both = {"PROGRESS_MAX_STREAMS": "100", "PROGRESS_MAX_CONNECTIONS": "150"}
+    assert Settings.from_env(both).connection_cap == 150
+    with pytest.raises(SettingsError, match="PROGRESS_MAX_CONNECTIONS=100 must be above"):
+        Settings.from_env({**both, "PROGRESS_MAX_CONNECTIONS": "100"})

@@ -1,7 +1,7 @@
 """Browser-test helpers: the web app as a real process, Chromium's launch, page recorders.
 
-The web app runs as `uvicorn app.main:create_app_from_env --factory` (what the Procfile
-runs), so a test can SIGKILL it and start another on the same port. The page recorder
+The web app runs as the Procfile's `web:` command (`uvicorn app.main:create_app_from_env
+--factory ...`), so a test can SIGKILL it and start another on the same port. The page recorder
 keeps every JS error and console error, and every frame the page's EventSources receive.
 """
 
@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import ConsoleMessage, Error, Page, Request
 
+from app.procfile import command_of
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import free_port
 from tests.support.celery_worker import ROOT
@@ -81,14 +81,14 @@ class WebProcess:
         }
 
     def start(self) -> None:
-        command = [
-            sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-            "--timeout-graceful-shutdown", "2",
-        ]  # fmt: skip
+        environ = self.environ()
+        command = command_of(
+            "web", environ, "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-level", "warning", "--timeout-graceful-shutdown", "2",
+        )  # fmt: skip
         with self.logfile.open("ab") as out:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.environ(), stdout=out, stderr=subprocess.STDOUT,
+                command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30

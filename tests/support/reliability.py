@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from app.procfile import command_of
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import free_port
 from tests.support import ROOT
@@ -79,21 +79,29 @@ def web_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class WebProcess:
-    """The Procfile's web command (production factory, uvloop, httptools) on a free port."""
+    """The Procfile's web command (production factory, uvloop, its protocol) on a free
+    port of the loopback; `preexec` runs in the child before it starts (limits...)."""
 
-    def __init__(self, settings: Settings, *, graceful: float = 5, **env: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        graceful: float = 5,
+        preexec: Callable[[], None] | None = None,
+        **env: str,
+    ) -> None:
         self.port = free_port()
         self.logfile = Path(tempfile.mkstemp(prefix="web-", suffix=".log")[1])
-        command = [
-            sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop",
-            "--http", "httptools", "--timeout-graceful-shutdown", str(graceful),
-            "--log-level", "warning", "--backlog", "4096",
-        ]  # fmt: skip
+        environ = web_env(settings, **env)
+        command = command_of(
+            "web", environ, "--host", "127.0.0.1", "--port", str(self.port),
+            "--timeout-graceful-shutdown", str(graceful), "--log-level", "warning",
+            "--backlog", "4096",
+        )  # fmt: skip
         with self.logfile.open("wb") as out:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=web_env(settings, **env), stdout=out,
-                stderr=subprocess.STDOUT,
+                command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
             )  # fmt: skip
 
     @property

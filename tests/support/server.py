@@ -19,6 +19,7 @@ import httpx
 import redis
 import uvicorn
 
+from app.procfile import option_of
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
@@ -50,6 +51,11 @@ class FakeRunner(JobRunner):
         self.client.close()
 
 
+# The Procfile's HTTP protocol (an import string uvicorn.Config resolves): servers in
+# tests run under it unless a test names another.
+PROCFILE_HTTP = option_of("web", "--http")
+
+
 class ServerThread:
     """uvicorn serving `create_app(settings)` in a thread, on 127.0.0.1:<free port>."""
 
@@ -58,7 +64,7 @@ class ServerThread:
         settings: Settings,
         runners: Mapping[str, JobRunner] | None = None,
         *,
-        http: str = "httptools",  # the Procfile's; "h11" takes the plain ASGI path
+        http: str | type[asyncio.Protocol] = PROCFILE_HTTP,  # "h11": plain ASGI sends
         catalog: Catalog | None = None,
     ):
         self.app = create_app(settings, runners=runners, catalog=catalog)
@@ -72,6 +78,7 @@ class ServerThread:
             http=http,
             log_level="warning",
             timeout_graceful_shutdown=5,
+            proxy_headers=False,  # as the Procfile: PROGRESS_TRUSTED_PROXIES decides
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -107,7 +114,7 @@ def running_server(
     settings: Settings,
     runners: Mapping[str, JobRunner] | None = None,
     *,
-    http: str = "httptools",
+    http: str | type[asyncio.Protocol] = PROCFILE_HTTP,
     catalog: Catalog | None = None,
 ) -> Iterator[ServerThread]:
     server = ServerThread(settings, runners, http=http, catalog=catalog)

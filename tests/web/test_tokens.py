@@ -11,7 +11,6 @@ import pytest
 
 from progress_streamer.protocol.settings import Settings, SettingsError
 from progress_streamer.web import create_app
-from progress_streamer.web.access_log import redact
 from progress_streamer.web.tokens import JOB_SALT, TokenSigner, job_signer, mint_token
 from tests.support.server import FakeRunner, ServerThread, read_all, running_server
 
@@ -107,13 +106,8 @@ async def test_tokens_never_reach_the_access_log(secured: Settings) -> None:
     finally:
         access.removeHandler(handler)
         runner.close()
-    assert any("token=REDACTED" in line for line in records), records
+    assert any("?REDACTED" in line for line in records), records
     assert not any(token in line for line in records)
-
-
-def test_redact() -> None:
-    assert redact("GET /a?token=abc.def&x=1") == "GET /a?token=REDACTED&x=1"
-    assert redact("/a?x=1&token=abc") == "/a?x=1&token=REDACTED"
 
 
 @pytest.mark.parametrize("secret", [None, "", "x" * 31, "é" * 15])

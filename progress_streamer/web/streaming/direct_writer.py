@@ -8,7 +8,8 @@ most of the CPU a delivery cost (docs/benchmarks.md). So while a client is keepi
 frame itself, synchronously, and no task runs at all.
 
 It needs the server's transport, which ASGI does not expose. Under uvicorn's httptools
-protocol (the Procfile's `--http httptools`), the server's `send` is a bound method of its
+protocol (the Procfile's `--http` is `web/server_protocol.py`'s subclass of it, which
+keeps uvicorn's cycle), the server's `send` is a bound method of its
 `RequestResponseCycle`, which holds the transport, its flow control and the response's
 chunked framing; `DirectWriter.of` accepts exactly that and nothing else, and the stream
 falls back to plain ASGI sends under any other server or protocol. Whatever the direct

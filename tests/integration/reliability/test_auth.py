@@ -191,6 +191,8 @@ async def test_no_token_reaches_any_log_record(secured: Settings) -> None:
                     f"x=1&TOKEN={token}",
                     f"token={token}&token={token}",
                     f"to%6Ben={token}&x=%3F",
+                    f"a=1;token={token}",
+                    f"token[]={token}",
                 ):
                     await client.get(f"{status}?{query}")
                 await client.get(status, headers={"Authorization": f"Bearer {token}"})

@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from uvicorn.importer import import_from_string
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.streaming import response
-from tests.support import ROOT
-from tests.support.server import eventually, publisher, running_server
+from tests.support.server import PROCFILE_HTTP, eventually, publisher, running_server
 
 
 @pytest.fixture
@@ -41,11 +42,17 @@ async def past_the_preamble(lines: AsyncIterator[str]) -> None:
 
 
 def test_the_procfile_serves_with_httptools_the_protocol_the_direct_path_needs() -> None:
-    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line[:4] == "web:")
-    assert "--http httptools" in web
+    """The Procfile's `--http` is uvicorn's httptools protocol or a subclass of it (its
+    request-response cycle is what direct writes need)."""
+    protocol = import_from_string(PROCFILE_HTTP)
+    assert issubclass(protocol, HttpToolsProtocol)
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+# The Procfile's protocol, uvicorn's own httptools protocol, and h11 (plain ASGI sends).
+PROTOCOLS = [PROCFILE_HTTP, "httptools", "h11"]
+
+
+@pytest.mark.parametrize("http", PROTOCOLS)
 async def test_a_stream_is_the_same_whether_frames_go_direct_or_through_asgi(
     settings: Settings, pub: Publisher, http: str
 ) -> None:
@@ -57,8 +64,9 @@ async def test_a_stream_is_the_same_whether_frames_go_direct_or_through_asgi(
                 await past_the_preamble(lines)
                 subs = server.services.hub.subscribers()
                 assert len(subs) == 1
-                # Only the Procfile's protocol writes straight to the socket.
-                assert (subs[0].sink is not None) == (http == "httptools")
+                # Only httptools (the Procfile's protocol is built on it) writes straight
+                # to the socket.
+                assert (subs[0].sink is not None) == (http != "h11")
                 for percent in range(1, 51):
                     pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
                 pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS, result=1))
@@ -154,7 +162,7 @@ async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
     assert sub.coalesced == 0
 
 
-@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize("http", PROTOCOLS)
 async def test_a_client_that_leaves_frees_its_stream_on_either_path(
     settings: Settings, pub: Publisher, http: str
 ) -> None:
