@@ -312,10 +312,21 @@ export const hasFile = (result) => Boolean(result && typeof result === "object" 
 
 /**
  * The DOM of one job's progress, built with createElement / textContent only:
- * .line (.status, .step, .count, .percent), <progress class="bar" max=100>, .message, then on
+ * .line (.status, .step, .count, .percent, .eta), <progress class="bar" max=100>, .message,
+ * .logs (the last few log lines, <li class="log">), then on
  * failure .error and on success (when showDownload(event) says so) <a class="download" download>.
  * Each element's `part` is its class, so `<job-progress>` can be styled with `::part(bar)`.
  */
+const LOG_LINES = 5;
+
+/** "about 2 min left" from an event's `eta_seconds` (absent until the worker can estimate). */
+export function timeLeft(seconds) {
+  if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds < 0) return "";
+  if (seconds < 60) return `about ${Math.max(1, Math.round(seconds))} s left`;
+  if (seconds < 3600) return `about ${Math.round(seconds / 60)} min left`;
+  return `about ${(seconds / 3600).toFixed(1)} h left`;
+}
+
 export class ProgressView {
   constructor({ jobId, token = null, baseUrl = DEFAULT_BASE, label, showDownload, doc = document }) {
     showDownload ??= (ev) => hasFile(ev.result);
@@ -327,10 +338,12 @@ export class ProgressView {
     this.step = this.el("span", "step", line);
     this.count = this.el("span", "count", line);
     this.percent = this.el("span", "percent", line);
+    this.eta = this.el("span", "eta", line);
     this.bar = this.el("progress", "bar", this.root);
     this.bar.max = 100;
     this.bar.setAttribute("aria-label", label ?? `Progress of job ${jobId}`);
     this.message = this.el("p", "message", this.root);
+    this.logs = this.el("ol", "logs", this.root); // the job's last few log lines
   }
 
   el(tag, cls, parent) {
@@ -354,6 +367,8 @@ export class ProgressView {
     this.step.textContent = ev.step ?? "";
     this.count.textContent = current == null ? "" : total == null ? `${current}` : `${current}/${total}`;
     this.message.textContent = ev.message ?? "";
+    this.eta.textContent = isTerminal(status) ? "" : timeLeft(ev.eta_seconds);
+    if (typeof ev.log === "string") this.addLog(ev.log);
     if (typeof percent === "number") {
       this.bar.value = Math.max(0, Math.min(100, percent));
       this.percent.textContent = `${Math.floor(this.bar.value)}%`;
@@ -372,6 +387,12 @@ export class ProgressView {
     if (value !== null) this.bar.value = value;
     else if (!known) this.bar.value = 0;
     this.percent.textContent = known ? `${Math.floor(this.bar.value)}%` : "";
+  }
+
+  /** Keeps the last LOG_LINES log lines, oldest first. */
+  addLog(text) {
+    this.el("li", "log", this.logs).textContent = text;
+    while (this.logs.childElementCount > LOG_LINES) this.logs.firstElementChild.remove();
   }
 
   showError(type, message) {
@@ -404,8 +425,8 @@ const Base = globalThis.HTMLElement ?? class {}; // lets Node import this module
 /** `<job-progress>`'s default look, inside its shadow root: a label line (status, step,
  * count, percent) over a bar, then the message. A page restyles it with the custom
  * properties below (set on `job-progress` or any ancestor) or with `job-progress::part(x)`,
- * x in progress-view | line | status | step | count | percent | bar | message | error |
- * error-type | error-message | download. */
+ * x in progress-view | line | status | step | count | percent | eta | bar | message | logs |
+ * log | error | error-type | error-message | download. */
 export const JOB_PROGRESS_STYLE = `
 :host { display: block; margin: var(--job-progress-margin, 0.75em 0);
   font: var(--job-progress-font, inherit); color: var(--job-progress-color, inherit); }
@@ -417,7 +438,11 @@ export const JOB_PROGRESS_STYLE = `
 .progress-view[data-status="revoked"] { --fill: var(--job-progress-revoked, #8c959f); }
 .line { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.2em 0.75em; }
 .status { font-weight: 600; }
-.step:empty, .count:empty, .percent:empty, .message:empty { display: none; }
+.step:empty, .count:empty, .percent:empty, .eta:empty, .message:empty, .logs:empty { display: none; }
+.eta { color: var(--job-progress-muted, #59636e); font-size: 0.9em; }
+.logs { margin: 0; padding: 0; list-style: none; font: 0.8em/1.4 var(--job-progress-mono, ui-monospace, monospace);
+  color: var(--job-progress-muted, #59636e); }
+.log { overflow-wrap: anywhere; }
 .count, .percent { font-variant-numeric: tabular-nums; }
 .percent { margin-left: auto; }
 .bar { display: block; box-sizing: border-box; width: 100%; height: var(--job-progress-height, 0.6em);

@@ -105,7 +105,8 @@ class Bar:
         elif event.status.value == "success":
             self.bar.n = 100
         self.bar.set_description_str(event.step or event.status.value, refresh=False)
-        extra = [event.message, time_left(event.eta_seconds)]
+        rate = f"{event.rate:.3g}/s" if event.rate is not None and event.rate > 0 else ""
+        extra = [event.message, rate, time_left(event.eta_seconds)]
         self.bar.set_postfix_str(" · ".join(p for p in extra if p), refresh=False)
         self.bar.refresh()
 
