@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from progress_streamer.client.errors import error_of
+from progress_streamer.client.errors import body_of, error_of, json_of
 from progress_streamer.client.requests import Enqueued, JobRef, Requests
-from progress_streamer.client.resume import Resume, StreamEnded
+from progress_streamer.client.resume import Resume, StreamEnded, read_timeout
 from progress_streamer.protocol.event import ProgressEvent
 
 
@@ -42,19 +42,19 @@ class AsyncProgressClient:
 
     async def enqueue(self, task: str, *, runner: str | None = None, **params: Any) -> Enqueued:
         request = self.requests.enqueue(task, runner, params)
-        return Enqueued.of(_json(await self._http.post(**request)))
+        return Enqueued.of(json_of(await self._http.post(**request)))
 
     async def status(self, job_id: str, token: str | None = None) -> dict[str, Any]:
-        return _json(await self._http.get(**self.requests.job(job_id, token)))
+        return json_of(await self._http.get(**self.requests.job(job_id, token)))
 
     async def cancel(self, job_id: str, token: str | None = None) -> dict[str, Any]:
-        return _json(await self._http.delete(**self.requests.job(job_id, token)))
+        return json_of(await self._http.delete(**self.requests.job(job_id, token)))
 
     async def download(self, job_id: str, path: str | Path, token: str | None = None) -> Path:
         async with self._http.stream("GET", **self.requests.result(job_id, token)) as response:
             if response.status_code != 200:
                 await response.aread()
-                raise error_of(response.status_code, _body(response))
+                raise error_of(response.status_code, body_of(response))
             target = self.requests.target(Path(path), response.headers)
             with target.open("wb") as out:
                 async for chunk in response.aiter_bytes():
@@ -90,7 +90,7 @@ class AsyncProgressClient:
             raise TimeoutError(f"job {job_id} did not finish within {timeout} s") from None
 
     async def watch(self, jobs: Sequence[JobRef]) -> AsyncIterator[ProgressEvent]:
-        created = _json(await self._http.post(**self.requests.watch(jobs)))
+        created = json_of(await self._http.post(**self.requests.watch(jobs)))
         resume = Resume(job_ids=tuple(job_id for job_id, _ in self.requests.refs(jobs)))
         async for event in self._follow(lambda: self.requests.watch_events(created), resume):
             yield event
@@ -111,13 +111,13 @@ class AsyncProgressClient:
         self, request: dict[str, Any], resume: Resume
     ) -> AsyncIterator[ProgressEvent]:
         async with aconnect_sse(
-            self._http, "GET", headers=resume.headers(), timeout=_timeout(resume), **request
+            self._http, "GET", headers=resume.headers(), timeout=read_timeout(resume), **request
         ) as source:
             response = source.response
             if response.status_code != 200:
                 await response.aread()
                 retry_after = response.headers.get("retry-after")
-                resume.check(response.status_code, _body(response), retry_after)
+                resume.check(response.status_code, body_of(response), retry_after)
                 resume.failed(f"HTTP {response.status_code}")
                 return
             async for sse in source.aiter_sse():
@@ -127,23 +127,3 @@ class AsyncProgressClient:
                     yield event
                 if resume.over:
                     return
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    body = _body(response)
-    if not response.is_success:
-        raise error_of(response.status_code, body)
-    return body if isinstance(body, dict) else {}
-
-
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-def _timeout(resume: Resume) -> httpx.Timeout:
-    """Reads never time out while following (pings keep a stream alive), except that
-    `wait(timeout=...)` bounds them by what is left of its time."""
-    return httpx.Timeout(30.0, read=resume.remaining())

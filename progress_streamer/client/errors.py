@@ -1,8 +1,10 @@
-"""What a client call can fail with, named after the condition."""
+"""What a client call can fail with, named after the condition, and how an answer is read."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import httpx
 
 
 class ProgressClientError(Exception):
@@ -42,3 +44,19 @@ def error_of(status: int, body: Any) -> ProgressClientError:
     code = str(error.get("code", "")) if isinstance(error, dict) else f"http_{status}"
     message = str(error.get("message", "")) if isinstance(error, dict) else str(body)[:200]
     return _BY_STATUS.get(status, ProgressClientError)(status, code, message)
+
+
+def body_of(response: httpx.Response) -> Any:
+    """An answer's JSON, or its text when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def json_of(response: httpx.Response) -> dict[str, Any]:
+    """A successful answer's JSON object; the matching error for any other answer."""
+    body = body_of(response)
+    if not response.is_success:
+        raise error_of(response.status_code, body)
+    return body if isinstance(body, dict) else {}

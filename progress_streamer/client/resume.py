@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import httpx
+
 from progress_streamer.client.errors import Unreachable, error_of
 from progress_streamer.protocol.event import ProgressEvent, decode_event
 
@@ -93,3 +95,9 @@ class Resume:
         """Every followed job sent its terminal event."""
         wanted = set(self.job_ids) if self.job_ids else set(self.seqs)
         return bool(wanted) and wanted <= self.finished
+
+
+def read_timeout(resume: Resume) -> httpx.Timeout:
+    """Reads never time out while following (pings keep a stream alive), except that
+    `wait(timeout=...)` bounds them by what is left of its time."""
+    return httpx.Timeout(30.0, read=resume.remaining())

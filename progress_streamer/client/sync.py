@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from progress_streamer.client.errors import error_of
+from progress_streamer.client.errors import body_of, error_of, json_of
 from progress_streamer.client.requests import Enqueued, JobRef, Requests
-from progress_streamer.client.resume import Resume, StreamEnded
+from progress_streamer.client.resume import Resume, StreamEnded, read_timeout
 from progress_streamer.protocol.event import ProgressEvent
 
 
@@ -44,22 +44,22 @@ class ProgressClient:
     def enqueue(self, task: str, *, runner: str | None = None, **params: Any) -> Enqueued:
         """`POST /api/v1/jobs`: the new job's id, token and URLs."""
         request = self.requests.enqueue(task, runner, params)
-        return Enqueued.of(_json(self._http.post(**request)))
+        return Enqueued.of(json_of(self._http.post(**request)))
 
     def status(self, job_id: str, token: str | None = None) -> dict[str, Any]:
         """`GET /api/v1/jobs/{id}`: the job's status object."""
-        return _json(self._http.get(**self.requests.job(job_id, token)))
+        return json_of(self._http.get(**self.requests.job(job_id, token)))
 
     def cancel(self, job_id: str, token: str | None = None) -> dict[str, Any]:
         """`DELETE /api/v1/jobs/{id}`: `revoked`; `Conflict` if it had already finished."""
-        return _json(self._http.delete(**self.requests.job(job_id, token)))
+        return json_of(self._http.delete(**self.requests.job(job_id, token)))
 
     def download(self, job_id: str, path: str | Path, token: str | None = None) -> Path:
         """Stream the job's attached file to `path` (a folder: the file's own name)."""
         with self._http.stream("GET", **self.requests.result(job_id, token)) as response:
             if response.status_code != 200:
                 response.read()
-                raise error_of(response.status_code, _body(response))
+                raise error_of(response.status_code, body_of(response))
             target = self.requests.target(Path(path), response.headers)
             with target.open("wb") as out:
                 for chunk in response.iter_bytes():
@@ -92,7 +92,7 @@ class ProgressClient:
 
     def watch(self, jobs: Sequence[JobRef]) -> Iterator[ProgressEvent]:
         """Many jobs over one stream (`POST /api/v1/watches`), each until its end."""
-        created = _json(self._http.post(**self.requests.watch(jobs)))
+        created = json_of(self._http.post(**self.requests.watch(jobs)))
         resume = Resume(job_ids=tuple(job_id for job_id, _ in self.requests.refs(jobs)))
         yield from self._follow(lambda: self.requests.watch_events(created), resume)
 
@@ -110,13 +110,13 @@ class ProgressClient:
 
     def _one_try(self, request: dict[str, Any], resume: Resume) -> Iterator[ProgressEvent]:
         with connect_sse(
-            self._http, "GET", headers=resume.headers(), timeout=_timeout(resume), **request
+            self._http, "GET", headers=resume.headers(), timeout=read_timeout(resume), **request
         ) as source:
             response = source.response
             if response.status_code != 200:
                 response.read()
                 retry_after = response.headers.get("retry-after")
-                resume.check(response.status_code, _body(response), retry_after)
+                resume.check(response.status_code, body_of(response), retry_after)
                 resume.failed(f"HTTP {response.status_code}")
                 return
             for sse in source.iter_sse():
@@ -126,23 +126,3 @@ class ProgressClient:
                     yield event
                 if resume.over:
                     return
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    body = _body(response)
-    if not response.is_success:
-        raise error_of(response.status_code, body)
-    return body if isinstance(body, dict) else {}
-
-
-def _body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
-
-
-def _timeout(resume: Resume) -> httpx.Timeout:
-    """Reads never time out while following (pings keep a stream alive), except that
-    `wait(timeout=...)` bounds them by what is left of its time."""
-    return httpx.Timeout(30.0, read=resume.remaining())
