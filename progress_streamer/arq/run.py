@@ -33,7 +33,7 @@ from progress_streamer.protocol.outcome import error_of, result_error, shorter_e
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.protocol.throttle import AsyncProgressThrottle
-from progress_streamer.protocol.track import percent_of, track
+from progress_streamer.protocol.track import count_report, track
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,11 @@ class JobRun:
         self._heartbeat = asyncio.ensure_future(self._beat())
         current_run.set(self)  # for code without ctx (progress_streamer.tqdm)
 
-    def report_count(self, current: int, total: int | None, step: str | None) -> None:
+    def report_count(
+        self, current: int, total: int | None, step: str | None, message: str | None = None
+    ) -> None:
         """A count from sync code on the loop, sent by the throttle's timer."""
-        self._throttle.offer(Report(step, percent_of(current, total), current, total, None))
+        self._throttle.offer(count_report(current, total, step, message))
 
     async def progress(
         self,
@@ -108,12 +110,7 @@ class JobRun:
     ) -> Iterator[T]:
         """`items`, counted as `current`/`total` at a few tens of ns per item (track.py)."""
         check_report(step, None, None, total, message)
-
-        def report(current: int, known_total: int | None) -> None:
-            percent = percent_of(current, known_total)
-            self._throttle.offer(Report(step, percent, current, known_total, message))
-
-        return track(items, report, total)
+        return track(items, lambda n, of: self.report_count(n, of, step, message), total)
 
     async def attach_file(
         self, name: str, data: bytes, content_type: str = "application/octet-stream"

@@ -29,7 +29,7 @@ from progress_streamer.celery.runtime import RunningAttempt, runtime
 from progress_streamer.celery.update_state import stream_update_state
 from progress_streamer.protocol import files
 from progress_streamer.protocol.event import check_report
-from progress_streamer.protocol.track import percent_of
+from progress_streamer.protocol.track import count_report
 from progress_streamer.protocol.track import track as track_items
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,9 @@ def _tracked(
         return iter(items)  # outside a worker run: the loop as it is
     check_report(step, None, None, total, message)
     throttle = attempt.throttle
-
-    def report(current: int, known_total: int | None) -> None:
-        throttle.report(step, percent_of(current, known_total), current, known_total, message)
-
-    return track_items(items, report, total)
+    return track_items(
+        items, lambda n, of: throttle.report(*count_report(n, of, step, message)), total
+    )
 
 
 def running_job_id() -> str | None:
@@ -180,7 +178,7 @@ def report_count(current: int, total: int | None, step: str | None) -> None:
     here = getattr(_here, "run", None)
     attempt = here[1] if here is not None else _running(_current_task_id())
     if attempt is not None and not attempt.refused:
-        attempt.throttle.report(step, percent_of(current, total), current, total, None)
+        attempt.throttle.report(*count_report(current, total, step))
 
 
 def attach_file(name: str, data: bytes, content_type: str = "application/octet-stream") -> None:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from time import monotonic
 from typing import Any, TypeVar
 
+from progress_streamer.protocol.event import Report
+
 T = TypeVar("T")
 
 CHECK_SECONDS = 0.025  # a quarter of the default throttle: reports stay fresh
@@ -83,3 +85,11 @@ def percent_of(current: int, total: int | None) -> float | None:
     if not total:
         return None
     return round(min(current / total, 1.0) * 100, 2)
+
+
+def count_report(
+    current: int, total: int | None, step: str | None, message: str | None = None
+) -> Report:
+    """The report a count stands for (`track`, the tqdm adapter): percent when the total
+    is known."""
+    return Report(step, percent_of(current, total), current, total, message)
