@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+# The web process's shared ARQ connections (the settler, status fallbacks, asyncio
+# enqueues): bounded, and a caller beyond the bound waits for a free one rather than
+# opening more (redis-py's default pool has no bound worth the name).
+SHARED_POOL_SIZE = 8
+SHARED_POOL_TIMEOUT = 10.0
+
 # ARQ's own view of a job, as one of our statuses (None: ARQ does not know the job).
 # `complete` covers success, failure and abort alike: our snapshot says which.
 ARQ_STATUSES: dict[ArqStatus, JobStatus | None] = {
@@ -194,6 +200,7 @@ class ArqRunner(JobRunner):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.aclose()
+            await pool.connection_pool.disconnect()  # a pool passed in is not closed with it
 
     # --- the work, on a given connection pool ---
 
@@ -239,7 +246,14 @@ class ArqRunner(JobRunner):
 
     async def _shared_pool(self) -> ArqRedis:
         if self._pool is None:
-            self._pool = await self._connect()
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self.settings.redis_url,
+                max_connections=SHARED_POOL_SIZE,
+                timeout=SHARED_POOL_TIMEOUT,
+                socket_connect_timeout=2.0,
+                socket_timeout=SHARED_POOL_TIMEOUT,
+            )
+            self._pool = ArqRedis(pool, default_queue_name=self.queue_name)
         return self._pool
 
     async def _connect(self) -> ArqRedis:
