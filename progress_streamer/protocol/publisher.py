@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.family_update import AsyncFamilyDriver, ChildUpdate, FamilyDriver
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.scripts import PUBLISH, TOUCH_LEASE
@@ -31,6 +32,7 @@ class PublishOutcome:
     attempt: int = 0
     reason: str | None = None  # 'terminal', 'illegal_transition', 'state_lost', ...
     epoch: int = 0  # when accepted: the incarnation of the job's state it went into
+    parent: str | None = None  # when accepted: the job's parent job, if it is a child
 
     @property
     def seen(self) -> SeenState | None:
@@ -80,8 +82,13 @@ def publish_call(
 
 def outcome_of(reply: list[Any]) -> PublishOutcome:
     if int(reply[0]) == 1:
+        parent = reply[4] if len(reply) > 4 else b""
         return PublishOutcome(
-            accepted=True, seq=int(reply[1]), attempt=int(reply[2]), epoch=int(reply[3])
+            accepted=True,
+            seq=int(reply[1]),
+            attempt=int(reply[2]),
+            epoch=int(reply[3]),
+            parent=(parent.decode() if isinstance(parent, bytes) else str(parent)) or None,
         )
     reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
     return PublishOutcome(accepted=False, seq=int(reply[2]), reason=reason)
@@ -100,6 +107,7 @@ class Publisher:
         self.keyspace = KeySpace(settings.key_prefix)
         self._publish = client.register_script(PUBLISH)
         self._touch = client.register_script(TOUCH_LEASE)
+        self.families = FamilyDriver(self)  # a child's accepted event updates its parent
 
     def publish(
         self,
@@ -117,7 +125,10 @@ class Publisher:
             lease_seconds=lease_seconds,
             seen=seen,
         )
-        return outcome_of(self._publish(keys=call.keys, args=call.args))
+        outcome = outcome_of(self._publish(keys=call.keys, args=call.args))
+        if outcome.parent is not None:
+            self.families.child_published(outcome.parent, ChildUpdate.of_draft(draft, outcome.seq))
+        return outcome
 
     def touch_lease(self, job_id: str, attempt: int) -> float | None:
         """Extend the lease and index it for the sweeper; None once the job is over."""
@@ -141,6 +152,7 @@ class AsyncPublisher:
         self.keyspace = KeySpace(settings.key_prefix)
         self._publish = client.register_script(PUBLISH)
         self._touch = client.register_script(TOUCH_LEASE)
+        self.families = AsyncFamilyDriver(self)  # a child's accepted event updates its parent
 
     async def publish(
         self,
@@ -158,7 +170,11 @@ class AsyncPublisher:
             lease_seconds=lease_seconds,
             seen=seen,
         )
-        return outcome_of(await self._publish(keys=call.keys, args=call.args))
+        outcome = outcome_of(await self._publish(keys=call.keys, args=call.args))
+        if outcome.parent is not None:
+            update = ChildUpdate.of_draft(draft, outcome.seq)
+            await self.families.child_published(outcome.parent, update)
+        return outcome
 
     async def report_lost(self, job_id: str, seen: SeenState) -> PublishOutcome:
         """A stream's report that the job's state it saw is gone (the loss wins): marks

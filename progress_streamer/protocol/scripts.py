@@ -9,7 +9,7 @@ from __future__ import annotations
 from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 
 # Publish one event.
-# KEYS[1] state hash (seq, status, attempt, percent, lease, epoch, event, lost)
+# KEYS[1] state hash (seq, status, attempt, percent, lease, epoch, event, lost, parent)
 # KEYS[2] history list, KEYS[3] attached-file hash, KEYS[4] the job's pub/sub channel
 # ARGV[1] JSON head `{"job_id":"<id>",`   ARGV[2] JSON tail `"status":...}`
 # ARGV[3] status   ARGV[4] attempt ('' = the job's current one; for `started`, a minimum)
@@ -19,14 +19,15 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 #   nothing of ARGV[1..2], only the loss)
 # ARGV[9] lease seconds to grant the running attempt ('' = leave the lease alone)
 # ARGV[10] the epoch the publisher saw ('' = none), ARGV[11] the last seq it saw ('' = 0)
-# Returns {1, seq, attempt, epoch} when accepted, {0, reason, seq} when refused.
+# Returns {1, seq, attempt, epoch, parent} when accepted (parent: the state's `parent`
+# field, the job's parent job id, '' = none: family_update.py), {0, reason, seq} when refused.
 # The loss wins (protocol/incarnation.py): when the state the publisher saw is gone, or a
 # stream marked the job lost, the script stores a `StateLost` failure instead and
 # refuses with 'state_lost'; with the state gone, a 'lost' report only marks the job
 # (field `lost`: the highest seq known lost), so it answers 404 until published again.
 PUBLISH_TEMPLATE = r"""
 local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease',
-                      'epoch', 'lost')
+                      'epoch', 'lost', 'parent')
 local seq = tonumber(st[1]) or 0
 local cur = st[2]
 local cur_attempt = tonumber(st[3]) or 0
@@ -107,7 +108,7 @@ if terminal[status] then
 elseif ARGV[9] ~= '' then
   redis.call('HSET', KEYS[1], 'lease', now_s + tonumber(ARGV[9]))
 end
-return {1, seq, attempt, epoch}
+return {1, seq, attempt, epoch, st[8] or ''}
 """
 PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix())
 
