@@ -23,10 +23,12 @@ HARDENING_VARIABLES = {
     "PROGRESS_TRUSTED_PROXIES", "PROGRESS_MAX_HEADER_BYTES", "PROGRESS_REQUEST_TIMEOUT",
     "PROGRESS_MAX_CONNECTIONS",
 }  # fmt: skip
+# Added by issue 15 (groups).
+GROUP_VARIABLES = {"PROGRESS_MAX_CHILDREN"}
 
 
-def test_the_variables_are_exactly_those_of_the_spec_and_the_hardening() -> None:
-    assert set(VARIABLE_NAMES) == SPEC_VARIABLES | HARDENING_VARIABLES
+def test_the_variables_are_exactly_those_of_the_spec_the_hardening_and_groups() -> None:
+    assert set(VARIABLE_NAMES) == SPEC_VARIABLES | HARDENING_VARIABLES | GROUP_VARIABLES
 
 
 def test_every_variable_is_in_the_configuration_table() -> None:
