@@ -3,7 +3,8 @@
 Every web process runs one (`LeaseSweeper.run` in the app's lifespan). It reads the
 sorted set of running jobs by lease deadline (`KeySpace.leases`, kept by the workers'
 heartbeats) and publishes through the publish script with `condition='lease_expired'`,
-so a lease extended meanwhile wins, and of several sweepers the first one wins.
+so a lease extended meanwhile wins, and of several sweepers the first one wins. Each
+pass also checks the parent jobs that are due (`family_sweeper.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import redis
 import redis.asyncio
 
 from progress_streamer.protocol.event import ErrorInfo, EventDraft
+from progress_streamer.protocol.family_sweeper import FamilySweeper
 from progress_streamer.protocol.history import is_wrong_type
 from progress_streamer.protocol.keys import KeySpace, is_valid_job_id
 from progress_streamer.protocol.publisher import AsyncPublisher
@@ -36,6 +38,7 @@ class LeaseSweeper:
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
         self.publisher = AsyncPublisher(client, settings)
+        self.families = FamilySweeper(self.publisher)  # parent jobs (protocol/family.py)
         self.batch = batch
         self.interval = settings.lease_seconds / 4
 
@@ -51,6 +54,7 @@ class LeaseSweeper:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             if await self._sweep(job_id):
                 swept.append(job_id)
+        await self.families.sweep_once()
         return swept
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis
+import redis.asyncio
 
 from progress_streamer.protocol.event import ErrorInfo, EventDraft, ProgressEvent, decode_event
 from progress_streamer.protocol.family import (
@@ -227,3 +228,32 @@ def test_too_many_children_are_refused_before_anything_is_written(publisher: Pub
     with pytest.raises(InvalidFamily, match="PROGRESS_MAX_CHILDREN"):
         record_family(small, plan_of(FamilyKind.GROUP, 3))
     assert not publisher.redis.exists(publisher.keyspace.job("p").state)
+
+
+async def test_the_sweeper_applies_a_lost_update_and_ends_a_parent_of_lost_children(
+    publisher: Publisher, async_redis: redis.asyncio.Redis
+) -> None:
+    from progress_streamer.protocol.sweeper import LeaseSweeper
+
+    record_family(publisher, plan_of(FamilyKind.GROUP, 2))
+    run(publisher, "c0", result="ok")
+    # A child's terminal event whose parent update never happened (the process died):
+    plain = Publisher(publisher.redis, publisher.settings)
+    publisher.redis.hdel(publisher.keyspace.job("c1").state, "parent")
+    run(plain, "c1", result="late")
+    assert not events(publisher, "p")[-1].is_terminal
+    sweeper = LeaseSweeper(async_redis, dataclasses.replace(publisher.settings, lease_seconds=1))
+    publisher.redis.zadd(publisher.keyspace.families, {"p": 0})
+    await sweeper.sweep_once()
+    last = events(publisher, "p")[-1]
+    assert (last.status, last.result) == (JobStatus.SUCCESS, {"children": ["ok", "late"]})
+    # A parent whose children's state is gone ends `failure` rather than hanging.
+    record_family(publisher, plan_of(FamilyKind.GROUP, 2, tag="l"))
+    for child in ("cl0", "cl1"):
+        publisher.redis.delete(*publisher.keyspace.job(child).all_keys)
+    publisher.redis.zadd(publisher.keyspace.families, {"pl": 0})
+    await sweeper.sweep_once()
+    lost = events(publisher, "pl")[-1]
+    assert lost.status is JobStatus.FAILURE
+    assert lost.error is not None and lost.error.type == "ChildFailed"
+    assert lost.children is not None and lost.children["failed"] == 2
