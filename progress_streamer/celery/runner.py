@@ -14,12 +14,14 @@ from typing import Any
 import redis
 from celery import Celery
 
+from progress_streamer.celery.canvas import canvas_of, start
 from progress_streamer.celery.installer import install
 from progress_streamer.celery.runtime import runtime
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
-from progress_streamer.protocol.runner import JobRunner
+from progress_streamer.protocol.family import FamilyKind
+from progress_streamer.protocol.runner import ChildJob, JobRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
@@ -36,6 +38,7 @@ class CeleryRunner(JobRunner):
         self.keyspace = KeySpace(settings.key_prefix)
         self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
         self._publisher = Publisher(self._client, settings)
+        self._publisher.families.revoke_tasks = self._revoke
         # The signal handlers of this process publish `pending` with our settings.
         install(self.app, settings=settings)
 
@@ -43,6 +46,15 @@ class CeleryRunner(JobRunner):
         """Send `task` by name with the job id as its task id; `pending` comes first."""
         self.keyspace.job(job_id)  # validates the id
         self.app.send_task(task, kwargs=dict(params), task_id=job_id)
+
+    def enqueue_family(
+        self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool
+    ) -> None:
+        """Record the parent and send its children as a Celery group, chain or chord."""
+        members = [(c.job_id, c.task, dict(c.params)) for c in children]
+        canvas = canvas_of(self.app, FamilyKind(kind), members)
+        start(canvas, fail_fast=fail_fast, parent_id=parent_id, publisher=self._publisher,
+              runner="celery")  # fmt: skip
 
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` first; if accepted, revoke the task (terminating it if it runs).
@@ -53,6 +65,8 @@ class CeleryRunner(JobRunner):
         keys = self.keyspace.job(job_id)
         if not self._client.exists(keys.state):
             return PublishOutcome(accepted=False, seq=0, reason="not_found")
+        if self._client.exists(self.keyspace.family(job_id)):
+            return self._publisher.families.cancel(job_id)
         draft = EventDraft(job_id=job_id, status=JobStatus.REVOKED, message="cancelled")
         outcome = self._publisher.publish(draft)
         if not outcome.accepted:
@@ -66,7 +80,12 @@ class CeleryRunner(JobRunner):
             log.warning("job %s: revoked, but the broadcast to workers failed: %s", job_id, exc)
         return outcome
 
+    def _revoke(self, job_ids: list[str]) -> None:
+        """Stop the tasks of revoked children (a running one gets SIGTERM)."""
+        self.app.control.revoke(job_ids, terminate=True, signal="SIGTERM")
+
     def close(self) -> None:
+        self._publisher.families.close()
         self._client.close()
         runtime.close()
         if self._own_app:
@@ -76,6 +95,8 @@ class CeleryRunner(JobRunner):
 def sender_app(settings: Settings) -> Celery:
     """A Celery app that only sends by name, on the broker of `settings`, in JSON."""
     app = Celery("progress_streamer", broker=settings.broker_url, set_as_current=False)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.result_backend = settings.broker_url  # Celery's chords need one
     app.conf.update(
         broker_connection_retry_on_startup=True,
         task_serializer="json",

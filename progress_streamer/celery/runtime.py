@@ -63,6 +63,7 @@ class WorkerRuntime:
                     self.settings.redis_url, socket_timeout=10, health_check_interval=30
                 )
                 self._publisher = Publisher(self._client, self.settings)
+                self._publisher.families.revoke_tasks = revoke_tasks
             return self._publisher
 
     @property
@@ -197,6 +198,14 @@ class RunningAttempt:
                 raise
             log.warning("job %s: progress data dropped: %s", self.job_id, exc)
             return self.publish(dataclasses.replace(draft, data=None))
+
+
+def revoke_tasks(job_ids: list[str]) -> None:
+    """Stop the running tasks of children a parent's end revoked (in a worker: the app
+    that runs this task; elsewhere: the current app)."""
+    from celery import current_app
+
+    current_app.control.revoke(job_ids, terminate=True, signal="SIGTERM")
 
 
 runtime = WorkerRuntime()
