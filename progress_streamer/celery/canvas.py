@@ -107,7 +107,9 @@ def _child(
     return ChildPlan(job_id=task_id, name=str(member.task))
 
 
-def canvas_of(app: Celery, kind: FamilyKind, children: list[tuple[str, str, dict[str, Any]]]) -> Signature:
+def canvas_of(
+    app: Celery, kind: FamilyKind, children: list[tuple[str, str, dict[str, Any]]]
+) -> Signature:
     """The canvas for `(job_id, task name, params)` children (the web app's runner): each
     an immutable signature with its job id as task id; a chord's callback is the last."""
     sigs = [

@@ -18,9 +18,9 @@ from progress_streamer.celery.canvas import canvas_of, start
 from progress_streamer.celery.installer import install
 from progress_streamer.celery.runtime import runtime
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.family import FamilyKind
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
-from progress_streamer.protocol.family import FamilyKind
 from progress_streamer.protocol.runner import ChildJob, JobRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus

@@ -71,16 +71,18 @@ class ChildUpdate:
     @classmethod
     def of_draft(cls, draft: EventDraft, seq: int) -> ChildUpdate:
         return cls._of(draft.job_id, seq, draft.status, draft.percent, draft.step,
-                       draft.result, draft.error and draft.error.as_dict())  # fmt: skip
+                       draft.result, None if draft.error is None else draft.error.as_dict())  # fmt: skip
 
     @classmethod
     def of_event(cls, event: ProgressEvent) -> ChildUpdate:
         return cls._of(event.job_id, event.seq, event.status, event.percent, event.step,
-                       event.result, event.error and event.error.as_dict())  # fmt: skip
+                       event.result, None if event.error is None else event.error.as_dict())  # fmt: skip
 
     @classmethod
-    def _of(cls, job_id: str, seq: int, status: JobStatus, percent: float | None,
-            step: str | None, result: Any, error: dict[str, str] | None) -> ChildUpdate:  # fmt: skip
+    def _of(
+        cls, job_id: str, seq: int, status: JobStatus, percent: float | None,
+        step: str | None, result: Any, error: dict[str, str] | None,
+    ) -> ChildUpdate:  # fmt: skip
         return cls(
             job_id=job_id,
             seq=seq,

@@ -84,7 +84,15 @@ class JobRunner(Protocol):
         return None
 
 
-RUNNER_METHODS = ("enqueue", "enqueue_family", "cancel", "queue_status", "run_settler", "aclose", "close")
+RUNNER_METHODS = (
+    "enqueue",
+    "enqueue_family",
+    "cancel",
+    "queue_status",
+    "run_settler",
+    "aclose",
+    "close",
+)
 
 
 def check_runner(name: str, runner: object) -> None:
