@@ -70,13 +70,15 @@ class ChildUpdate:
 
     @classmethod
     def of_draft(cls, draft: EventDraft, seq: int) -> ChildUpdate:
+        error = None if draft.error is None else draft.error.as_dict()
         return cls._of(draft.job_id, seq, draft.status, draft.percent, draft.step,
-                       draft.result, None if draft.error is None else draft.error.as_dict())  # fmt: skip
+                       draft.result, error)  # fmt: skip
 
     @classmethod
     def of_event(cls, event: ProgressEvent) -> ChildUpdate:
+        error = None if event.error is None else event.error.as_dict()
         return cls._of(event.job_id, event.seq, event.status, event.percent, event.step,
-                       event.result, None if event.error is None else event.error.as_dict())  # fmt: skip
+                       event.result, error)  # fmt: skip
 
     @classmethod
     def _of(
