@@ -86,12 +86,12 @@ class JobRunner(Protocol):
 
 RUNNER_METHODS = (
     "enqueue",
-    "enqueue_family",
     "cancel",
     "queue_status",
     "run_settler",
     "aclose",
     "close",
+    "enqueue_family",
 )
 
 
