@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-install", action="store_true", help="skip Nchan if missing")
     parser.add_argument("--worker-calls", type=int, default=None, help="worker-cost loop size")
     parser.add_argument("--no-worker-cost", action="store_true")
+    parser.add_argument("--no-group", action="store_true", help="skip bench.group")
     parser.add_argument("--docs", type=Path, default=None, help="Markdown file to write into")
     parser.add_argument("--no-docs", action="store_true", help="print only")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
@@ -187,6 +188,22 @@ def worker_cost(calls: int, publishes: int) -> dict[str, float] | str:
     return result
 
 
+def group_cost(quick: bool) -> str:
+    """bench.group's table (a group of 1,000 children), in a process of its own."""
+    sizes = ["--children", "50", "--groups", "2"] if quick else []
+    done = subprocess.run(
+        ["taskset", "-c", "0-1", sys.executable, "-m", "bench.group", *sizes],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"bench.group failed: {done.stderr.strip()[-300:]}"
+    return done.stdout.strip()
+
+
 def plan_from(args: argparse.Namespace, argv: list[str]) -> Plan:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(servers) - set(SERVERS)
@@ -250,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         calls = args.worker_calls or (20_000 if args.quick else 1_000_000)
         costs = worker_cost(calls, 200 if args.quick else 5_000)
     block = document.block(plan, runs, costs, redis_version, nchan, started)
+    if not args.no_group:
+        group = group_cost(args.quick)
+        block += f"\n\n#### One parent job for a group (`python -m bench.group`)\n\n{group}"
     print(block)
     save(args.results, plan, runs, costs, started)
     docs = args.docs or (None if args.quick else ROOT / "docs" / "benchmarks.md")

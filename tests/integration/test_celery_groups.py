@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio
 from celery import chain, chord, group
 from celery.canvas import Signature
 
 from progress_streamer.celery import start
 from progress_streamer.protocol.event import ProgressEvent
 from progress_streamer.protocol.status import JobStatus
+from progress_streamer.protocol.sweeper import LeaseSweeper
 from progress_streamer.redis_server import RedisServer
 from tests.support.celery_worker import Worker, running_worker, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
+LEASE = 2.0
 COUNTS = ("pending", "running", "succeeded", "failed", "revoked")
 
 
@@ -138,3 +142,30 @@ def test_a_killed_pool_process_fails_its_child_and_the_group(worker: Worker) -> 
     assert end.status is JobStatus.FAILURE
     assert end.children is not None and end.children["failed"] == 1
     assert end.children["succeeded"] == 2
+
+
+async def test_a_group_whose_whole_worker_is_killed_ends_through_the_sweeper(
+    redis_server: RedisServer, async_redis: redis.asyncio.Redis
+) -> None:
+    with running_worker(redis_server.url, concurrency=2, lease_seconds=LEASE) as doomed:
+        sweeper = LeaseSweeper(async_redis, doomed.settings)
+        stop = asyncio.Event()
+        sweeping = asyncio.create_task(sweeper.run(stop))
+        try:
+            slow = task(doomed, "tests.slow", seconds=60)
+            started = start(group([slow.clone(), slow.clone()]))
+            for child in started.child_ids:
+                await asyncio.to_thread(
+                    doomed.wait_for_event, child, lambda e: e.percent is not None
+                )
+            doomed.kill()  # SIGKILL: the worker and its pool; nobody publishes for them
+            end = await asyncio.to_thread(doomed.wait_terminal, started.parent_id, 4 * LEASE + 10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(sweeping, timeout=10)
+    assert end.status is JobStatus.FAILURE
+    assert end.error is not None and end.error.type == "ChildFailed"
+    assert end.children is not None and end.children["failed"] == 2
+    for child in started.child_ids:
+        lost = doomed.events(child)[-1]
+        assert lost.error is not None and lost.error.type == "WorkerLost"
