@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.jobs import Job, ResultNotFound
+from arq.jobs import Job
 from arq.jobs import JobStatus as ArqStatus
 
-from progress_streamer.arq.worker_settings import queue_name_of
+from progress_streamer.arq.worker_settings import abort_jobs, queue_name_of
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.family import ChildPlan, FamilyKind, FamilyPlan, arecord_family
 from progress_streamer.protocol.keys import KeySpace
@@ -269,17 +269,10 @@ class ArqRunner(JobRunner):
         return outcome
 
     async def _abort_all(self, pool: ArqRedis, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            await self._abort(pool, job_id)
+        await abort_jobs(pool, self.queue_name, job_ids)
 
     async def _abort(self, pool: ArqRedis, job_id: str) -> None:
-        """Ask ARQ to abort (a running job is cancelled at the worker's next poll; a
-        queued one is dropped when picked), without waiting for the outcome."""
-        job = Job(job_id, pool, _queue_name=self.queue_name)
-        try:
-            await job.abort(timeout=0, poll_delay=0)
-        except (TimeoutError, ResultNotFound):
-            pass
+        await abort_jobs(pool, self.queue_name, [job_id])
 
     async def _shared_pool(self) -> ArqRedis:
         if self._pool is None:

@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job, ResultNotFound
 from arq.utils import to_seconds
 from arq.worker import Function, Retry, func
 
@@ -45,6 +46,16 @@ RUN_TASK = "progress_run_task"  # ctx key of ARQ's run_job task (tells shutdown 
 RUN_STARTED = "progress_run_started"  # ctx key: loop time when ARQ began the run
 MARKER = "progress_streaming"  # set on the `on_startup` hook of rewritten settings
 _ARQ_DEFAULTS = {"job_timeout": 300.0, "max_tries": 5, "retry_jobs": True}
+
+
+async def abort_jobs(pool: ArqRedis, queue_name: str, job_ids: list[str]) -> None:
+    """Ask ARQ to abort each job (a running one is cancelled at the worker's next poll; a
+    queued one is dropped when picked), without waiting for the outcome."""
+    for job_id in job_ids:
+        try:
+            await Job(job_id, pool, _queue_name=queue_name).abort(timeout=0, poll_delay=0)
+        except (TimeoutError, ResultNotFound):
+            pass
 
 
 def queue_name_of(settings: Settings) -> str:
@@ -119,7 +130,11 @@ def _starter(settings: Settings | None) -> Hook:
     async def start_publisher(ctx: dict[Any, Any]) -> None:
         resolved = settings or Settings.from_env()
         client = redis.asyncio.Redis.from_url(resolved.redis_url, health_check_interval=30)
-        ctx[PUBLISHER] = AsyncPublisher(client, resolved)
+        publisher = AsyncPublisher(client, resolved)
+        # A parent's end revokes the unfinished children (fail_fast): abort the running ones.
+        pool, queue = ctx["redis"], queue_name_of(resolved)
+        publisher.families.revoke_tasks = lambda ids: abort_jobs(pool, queue, ids)
+        ctx[PUBLISHER] = publisher
 
     return start_publisher
 
@@ -127,6 +142,7 @@ def _starter(settings: Settings | None) -> Hook:
 async def _close_publisher(ctx: dict[Any, Any]) -> None:
     publisher = ctx.pop(PUBLISHER, None)
     if publisher is not None:
+        publisher.families.close()
         await publisher.redis.aclose()
 
 

@@ -120,3 +120,28 @@ def test_arq_refuses_chains_and_chords_clearly(demo_settings: Settings) -> None:
     for kind in ("chain", "chord"):
         with pytest.raises(UnsupportedFamily, match="groups only"):
             ArqRunner(demo_settings).enqueue_family(uuid.uuid4().hex, kind, [child, child], False)
+
+
+async def test_a_fail_fast_group_revokes_and_aborts_its_other_children(
+    demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
+) -> None:
+    from progress_streamer.protocol.runner import ChildJob
+
+    parent = uuid.uuid4().hex
+    slow = {"steps": 100, "step_ms": 100}
+    children = [ChildJob(job_id=uuid.uuid4().hex, task="demo.report", params=slow)
+                for _ in range(3)]  # fmt: skip
+    failing = ChildJob(job_id=uuid.uuid4().hex, task="demo.fail", params={"fail_at": 20,
+                                                                         "step_ms": 50})  # fmt: skip
+    runner = ArqRunner(demo_settings)
+    await asyncio.to_thread(runner.enqueue_family, parent, "group", [failing, *children], True)
+    end = await wait_for_status(async_redis, demo_settings, parent)
+    assert end.status == JobStatus.FAILURE
+    assert end.error is not None and end.error.type == "ChildFailed"
+    assert end.children is not None
+    assert (end.children["failed"], end.children["revoked"]) == (1, 3)
+    for child in children:
+        finished = await wait_for_status(async_redis, demo_settings, child.job_id)
+        assert finished.status == JobStatus.REVOKED
+        statuses = [e.status for e in await history(async_redis, demo_settings, child.job_id)]
+        assert statuses.count(JobStatus.REVOKED) == 1
