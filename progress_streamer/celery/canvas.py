@@ -9,7 +9,9 @@ of the outer one: parents are counted by their outer structure. Canvases sent wi
 
 Chords need a result backend (Celery's own requirement: the reference deployment uses the
 broker's Redis). Results pass between a chain's links as Celery passes them; the web
-app's `POST /api/v1/jobs` builds immutable signatures, so its tasks take named params only.
+app's `POST /api/v1/jobs` builds immutable signatures, so its tasks take named params only,
+and ignores their results (our stream carries them; a sender that asked for results would
+subscribe to each one in Celery's result backend).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def canvas_of(
     """The canvas for `(job_id, task name, params)` children (the web app's runner): each
     an immutable signature with its job id as task id; a chord's callback is the last."""
     sigs = [
-        app.signature(task, kwargs=params, immutable=True).set(task_id=job_id)
+        app.signature(task, kwargs=params, immutable=True).set(task_id=job_id, ignore_result=True)
         for job_id, task, params in children
     ]
     if kind is FamilyKind.GROUP:

@@ -45,7 +45,9 @@ class CeleryRunner(JobRunner):
     def enqueue(self, job_id: str, task: str, params: Mapping[str, Any]) -> None:
         """Send `task` by name with the job id as its task id; `pending` comes first."""
         self.keyspace.job(job_id)  # validates the id
-        self.app.send_task(task, kwargs=dict(params), task_id=job_id)
+        # ignore_result: with a result backend (chords need one) Celery would otherwise
+        # subscribe this process to every sent task's result, for good.
+        self.app.send_task(task, kwargs=dict(params), task_id=job_id, ignore_result=True)
 
     def enqueue_family(
         self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool

@@ -131,8 +131,8 @@ async def test_a_fail_fast_group_revokes_and_aborts_its_other_children(
     slow = {"steps": 100, "step_ms": 100}
     children = [ChildJob(job_id=uuid.uuid4().hex, task="demo.report", params=slow)
                 for _ in range(3)]  # fmt: skip
-    failing = ChildJob(job_id=uuid.uuid4().hex, task="demo.fail", params={"fail_at": 20,
-                                                                         "step_ms": 50})  # fmt: skip
+    fails = {"fail_at": 20, "step_ms": 50}
+    failing = ChildJob(job_id=uuid.uuid4().hex, task="demo.fail", params=fails)
     runner = ArqRunner(demo_settings)
     await asyncio.to_thread(runner.enqueue_family, parent, "group", [failing, *children], True)
     end = await wait_for_status(async_redis, demo_settings, parent)

@@ -34,7 +34,9 @@ def worker(redis_server: RedisServer) -> Iterator[Worker]:
 def task(worker: Worker, name: str, **kwargs: object) -> Signature:
     """An immutable signature on the worker's queue (the worker sends a chain's next link
     and a chord's callback itself, with its own default queue otherwise)."""
-    return worker.app.signature(name, kwargs=kwargs, immutable=True, queue=worker.queue)
+    return worker.app.signature(
+        name, kwargs=kwargs, immutable=True, queue=worker.queue, ignore_result=True
+    )
 
 
 def report(worker: Worker, steps: int = 3) -> Signature:
