@@ -12,6 +12,14 @@ from progress_streamer.protocol.event import (
     ProgressEvent,
     decode_event,
 )
+from progress_streamer.protocol.family import (
+    ChildPlan,
+    FamilyKind,
+    FamilyPlan,
+    InvalidFamily,
+    arecord_family,
+    record_family,
+)
 from progress_streamer.protocol.files import FileTooLarge
 from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.keys import InvalidJobId, KeySpace, is_valid_job_id
@@ -22,11 +30,15 @@ from progress_streamer.protocol.status import TERMINAL, JobStatus
 __all__ = [
     "TERMINAL",
     "AsyncPublisher",
+    "ChildPlan",
     "ErrorInfo",
     "EventDraft",
     "EventNotSerializable",
     "EventTooLarge",
+    "FamilyKind",
+    "FamilyPlan",
     "FileTooLarge",
+    "InvalidFamily",
     "InvalidJobId",
     "JobStatus",
     "KeySpace",
@@ -37,6 +49,8 @@ __all__ = [
     "SeenState",
     "Settings",
     "SettingsError",
+    "arecord_family",
     "decode_event",
     "is_valid_job_id",
+    "record_family",
 ]
