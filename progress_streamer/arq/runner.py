@@ -253,10 +253,18 @@ class ArqRunner(JobRunner):
             fail_fast=fail_fast,
             runner="arq",
         )
-        await arecord_family(AsyncPublisher(pool, self.settings), plan)
-        for child in children:  # their `pending` is recorded with the family
-            await self._enqueue(pool, child.job_id, child.task, child.params,
-                                pending_published=True)  # fmt: skip
+        publisher = AsyncPublisher(pool, self.settings)
+        await arecord_family(publisher, plan)
+        for index, child in enumerate(children):  # their `pending` is recorded with the family
+            try:
+                await self._enqueue(pool, child.job_id, child.task, child.params,
+                                    pending_published=True)  # fmt: skip
+            except Exception as exc:  # this one failed (and says so): so do those not sent
+                error = error_of(exc)
+                for unsent in children[index + 1 :]:
+                    draft = EventDraft(job_id=unsent.job_id, status=JobStatus.FAILURE, error=error)
+                    await _quietly(publisher.publish(draft))
+                raise
 
     async def _cancel(self, pool: ArqRedis, job_id: str) -> PublishOutcome:
         publisher = AsyncPublisher(pool, self.settings)

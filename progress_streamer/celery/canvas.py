@@ -24,8 +24,11 @@ from celery import Celery
 from celery.canvas import Signature, _chain, chord, group
 
 from progress_streamer.celery.runtime import runtime
+from progress_streamer.protocol.event import ErrorInfo, EventDraft
 from progress_streamer.protocol.family import ChildPlan, FamilyKind, FamilyPlan, record_family
+from progress_streamer.protocol.outcome import error_of
 from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.status import JobStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,10 +65,25 @@ def start(
         plan.check(publisher.settings.max_children)
     for plan in plans:  # innermost first: a nested parent's `pending` carries its counts
         record_family(publisher, plan)
-    result = signature.apply_async(**options)
+    try:
+        result = signature.apply_async(**options)
+    except Exception as exc:  # nothing (or not all) was sent: end it rather than hang
+        fail_unsent(publisher, plans, error_of(exc))
+        raise
     return StartedFamily(
         parent_id=top.parent_id, child_ids=tuple(top.child_ids), kind=top.kind, result=result
     )
+
+
+def fail_unsent(publisher: Publisher, plans: list[FamilyPlan], error: ErrorInfo) -> None:
+    """Every task child not yet finished ends `failure` with the send's error (refused for
+    one that already ended); their parents follow."""
+    nested = {plan.parent_id for plan in plans}
+    for plan in plans:
+        for child_id in plan.child_ids:
+            if child_id not in nested:
+                draft = EventDraft(job_id=child_id, status=JobStatus.FAILURE, error=error)
+                publisher.publish(draft)
 
 
 def kind_of(signature: Signature) -> FamilyKind | None:

@@ -74,6 +74,7 @@ class LeaseSweeper:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
                 pass
+        self.publisher.families.close()  # held parent progress: the next sweeper flushes it
 
     async def _sweep(self, job_id: str) -> bool:
         if not is_valid_job_id(job_id):

@@ -257,3 +257,26 @@ async def test_the_sweeper_applies_a_lost_update_and_ends_a_parent_of_lost_child
     assert lost.status is JobStatus.FAILURE
     assert lost.error is not None and lost.error.type == "ChildFailed"
     assert lost.children is not None and lost.children["failed"] == 2
+
+
+def test_cancelling_one_child_counts_it_revoked_in_its_group(publisher: Publisher) -> None:
+    record_family(publisher, plan_of(FamilyKind.GROUP, 2))
+    publisher.publish(EventDraft(job_id="c0", status=JobStatus.STARTED))
+    publisher.publish(EventDraft(job_id="c0", status=JobStatus.REVOKED, message="cancelled"))
+    assert events(publisher, "p")[-1].children == {"total": 2, "pending": 1, "running": 0,
+                                                   "succeeded": 0, "failed": 0, "revoked": 1}  # fmt: skip
+    run(publisher, "c1")
+    last = events(publisher, "p")[-1]
+    assert last.status is JobStatus.REVOKED
+    assert last.message == "1 of 2 children were cancelled"
+
+
+def test_a_chord_whose_header_fails_revokes_its_callback(publisher: Publisher) -> None:
+    record_family(publisher, plan_of(FamilyKind.CHORD, 3))  # c0, c1, then callback c2
+    run(publisher, "c0", end=JobStatus.FAILURE)
+    assert not events(publisher, "p")[-1].is_terminal  # the rest of the header still runs
+    run(publisher, "c1")
+    last = events(publisher, "p")[-1]
+    assert last.status is JobStatus.FAILURE
+    assert last.error == ErrorInfo(type="ChildFailed", message="1 of 3 children failed")
+    assert events(publisher, "c2")[-1].status is JobStatus.REVOKED
