@@ -1,0 +1,225 @@
+"""docs/deploy.md, for real: nginx with `deploy/nginx.conf` in front of two web processes
+(the Procfile's command, each on its own port), on the session's Redis.
+
+SIGTERM the process that holds a job's stream and a watch's stream: the project's own
+resuming client (`progress_streamer.client`) comes back through nginx on the other
+process with its last id, every job's seqs stay contiguous to the terminal, and a resume
+after the terminal gets `204`. Run with the per-job affinity (`hash` on the job id) and
+without it (`least_conn` for every stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.nginx import NGINX_CONF, find_nginx, main_config, nginx_command, site_config
+from progress_streamer.client import AsyncProgressClient, ProgressEvent
+from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.settings import Settings
+from progress_streamer.protocol.status import JobStatus
+from progress_streamer.redis_server import free_port
+from tests.support import ROOT
+from tests.support.doc_project import Process, answers, doc_files
+from tests.support.reliability import WebProcess, until
+from tests.support.server import publisher
+
+pytestmark = pytest.mark.slow
+
+NGINX = find_nginx()
+SHUTDOWN_SECONDS = 2
+WITHIN = 30.0  # generous: a busy 2-core machine
+
+
+def test_the_doc_shows_the_tested_configuration() -> None:
+    shown = doc_files((ROOT / "docs" / "deploy.md").read_text()).get("deploy/nginx.conf")
+    assert shown is not None, "docs/deploy.md lost its `# deploy/nginx.conf` block"
+    assert "# deploy/nginx.conf\n" + shown == NGINX_CONF.read_text()
+
+
+class Deployment:
+    """Two web processes and nginx with the repository's configuration in front."""
+
+    def __init__(self, settings: Settings, folder: Path, *, affinity: bool) -> None:
+        assert NGINX is not None
+        env = {
+            "PROGRESS_TRUSTED_PROXIES": "127.0.0.1",
+            "PROGRESS_SHUTDOWN_SECONDS": str(SHUTDOWN_SECONDS),
+        }
+        self.webs = [WebProcess(settings, graceful=SHUTDOWN_SECONDS, **env) for _ in range(2)]
+        for web in self.webs:
+            web.wait_ready()
+        self.port = free_port()
+        site = site_config([w.port for w in self.webs], listen=self.port, affinity=affinity)
+        conf = main_config(folder, site)
+        self.nginx = Process("nginx", nginx_command(NGINX, folder, conf), cwd=folder, env={})
+        self.nginx.wait_until(lambda: answers(f"{self.url}/healthz"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def open_streams(self, http: httpx.AsyncClient) -> list[int]:
+        return [int((await w.metrics(http))["progress_open_streams"]) for w in self.webs]
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        for web in self.webs:
+            web.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            [f"--- nginx\n{self.nginx.log()[-2000:]}"]
+            + [f"--- web {w.port}\n{w.log()[-2000:]}" for w in self.webs]
+        )
+
+
+@pytest.fixture(params=[True, False], ids=["affinity", "least_conn"])
+def deployment(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+) -> Iterator[Deployment]:
+    if NGINX is None:
+        pytest.skip("nginx is not installed (.ci/run installs nginx-light)")
+    deployment = Deployment(settings, tmp_path, affinity=request.param)
+    try:
+        yield deployment
+    except BaseException:
+        print(deployment.logs())
+        raise
+    finally:
+        deployment.stop()
+
+
+class Follower:
+    """One client of the project's own (resuming) client library, through nginx: the
+    events it yielded, and every stream request it sent."""
+
+    def __init__(self, url: str) -> None:
+        self.requests: list[httpx.Request] = []
+        self.events: list[ProgressEvent] = []
+
+        async def record(request: httpx.Request) -> None:
+            if request.url.path.endswith("/events"):
+                self.requests.append(request)
+
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(WITHIN, read=None), event_hooks={"request": [record]}
+        )
+        self.client = AsyncProgressClient(url, http=self.http)
+        self.task: asyncio.Task[None] | None = None
+
+    def follow(self, events: AsyncIterator[ProgressEvent]) -> None:
+        async def collect() -> None:
+            async for event in events:
+                self.events.append(event)
+
+        self.task = asyncio.create_task(collect())
+
+    def seqs(self, job_id: str) -> list[int]:
+        return [e.seq for e in self.events if e.job_id == job_id]
+
+    async def finish(self) -> None:
+        assert self.task is not None
+        await asyncio.wait_for(self.task, WITHIN)
+        await self.http.aclose()
+
+
+def contiguous(seqs: list[int]) -> bool:
+    return bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def placed(deployment: Deployment, http: httpx.AsyncClient, total: int) -> list[int]:
+    """Open streams per process, once they add up to `total`."""
+    counts: list[int] = []
+
+    async def check() -> bool:
+        counts[:] = await deployment.open_streams(http)
+        return sum(counts) == total
+
+    await until(check, WITHIN, f"{total} open streams")
+    return counts
+
+
+def keep_publishing(settings: Settings, jobs: list[str], stop: threading.Event) -> None:
+    pub = publisher(settings)
+    i = 0
+    while not stop.wait(0.01):
+        pub.publish(EventDraft(job_id=jobs[i % len(jobs)], status=JobStatus.PROGRESS, message="p"))
+        i += 1
+    pub.redis.close()
+
+
+async def test_sigterm_of_the_process_holding_streams_resumes_them_on_the_other(
+    deployment: Deployment, settings: Settings
+) -> None:
+    jobs = [uuid.uuid4().hex, uuid.uuid4().hex]
+    pub = publisher(settings)
+    for job in jobs:
+        pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    stop = threading.Event()
+    ticker = threading.Thread(target=keep_publishing, args=(settings, jobs, stop))
+    async with httpx.AsyncClient(timeout=10) as http:
+        streamer = Follower(deployment.url)
+        streamer.follow(streamer.client.events(jobs[0]))
+        holder = (await placed(deployment, http, 1)).index(1)
+        # Watches until one lands on the job stream's process (least_conn alternates).
+        watchers: list[Follower] = []
+        on_holder: Follower | None = None
+        while on_holder is None and len(watchers) < 8:
+            watcher = Follower(deployment.url)
+            watcher.follow(watcher.client.watch(jobs))
+            watchers.append(watcher)
+            if (await placed(deployment, http, 1 + len(watchers)))[holder] == 2:
+                on_holder = watcher
+        assert on_holder is not None, "nginx never put a watch on the job stream's process"
+        ticker.start()
+        try:
+            followers = [streamer, *watchers]
+            await until(lambda: all(len(f.events) >= 3 for f in followers), WITHIN, "live")
+            deployment.webs[holder].terminate()
+            code = await asyncio.to_thread(deployment.webs[holder].process.wait, WITHIN)
+            moved = [streamer, on_holder]
+            before = [len(f.events) for f in moved]
+            await until(
+                lambda: all(len(f.events) > n for f, n in zip(moved, before, strict=True)),
+                WITHIN,
+                "events after the resume",
+            )
+        finally:
+            stop.set()
+            ticker.join()
+        for job in jobs:
+            pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+        for follower in followers:
+            await follower.finish()
+        pub.redis.close()
+
+        assert code in (0, -15), deployment.webs[holder].log()[-3000:]
+        for follower in followers:
+            for job in jobs if follower is not streamer else jobs[:1]:
+                assert contiguous(follower.seqs(job)), (job, follower.seqs(job))
+                assert [e for e in follower.events if e.job_id == job][-1].status == "success"
+        for follower in followers:
+            cut = follower in moved
+            assert len(follower.requests) == (2 if cut else 1), follower.requests
+        for follower in moved:
+            assert follower.requests[1].headers.get("last-event-id"), "resumed without its id"
+
+        # After the terminal, a resume with the last id is told there is nothing more.
+        last = {job: streamer.seqs(job)[-1] if job == jobs[0] else 0 for job in jobs}
+        answer = await http.get(
+            f"{deployment.url}/api/v1/jobs/{jobs[0]}/events",
+            headers={"Last-Event-ID": str(last[jobs[0]])},
+        )
+        assert answer.status_code == 204
+        cursor = ".".join(str(on_holder.seqs(job)[-1]) for job in jobs)
+        answer = await http.get(str(on_holder.requests[-1].url), headers={"Last-Event-ID": cursor})
+        assert answer.status_code == 204
+        live = 1 - holder
+        assert (await deployment.webs[live].metrics(http))["progress_open_streams"] == 0
