@@ -107,10 +107,13 @@ class Proxied:
     def alive(self) -> bool:
         return self.nginx.poll() is None and all(web.alive() for web in self.webs)
 
-    def log_tail(self, chars: int = 1500) -> str:
+    def nginx_log(self) -> str:
         error_log = Path(self.directory, "error.log")
-        nginx = error_log.read_text(errors="replace") if error_log.exists() else ""
-        return "\n".join([nginx, *(w.log_tail(chars) for w in self.webs)])[-chars:]
+        return error_log.read_text(errors="replace") if error_log.exists() else ""
+
+    def log_tail(self, chars: int = 1500) -> str:
+        webs = "\n".join(w.log_tail(chars) for w in self.webs)
+        return f"{self.nginx_log()[-chars // 2 :]}\n{webs[-chars // 2 :]}"
 
     def metrics(self) -> list[dict[str, float]]:
         """Each web process's /metrics, name -> value."""

@@ -9,7 +9,7 @@ nginx with `deploy/nginx.conf`), on a private Redis:
   through nginx to 1 web process, to 2 with `least_conn`, and to 2 with the per-job
   affinity; per step also each part's CPU, the job channels each process subscribes
   to, the events Redis sent to the web processes, and bytes written per delivery;
-- stream footprint: 10,000 idle streams held through nginx on one web process: RSS per
+- stream footprint: 9,000 idle streams held through nginx on one web process: RSS per
   stream of the web process and of nginx, and the kernel's buffers per socket (`ss -m`)
   and object sizes per socket (/proc/slabinfo);
 - job footprint: `MEMORY USAGE` of a job's state hash and history after as many events
@@ -89,7 +89,9 @@ FULL = Sizes(
     step_seconds=4.0,
     latency_rate=200,
     latency_seconds=6.0,
-    idle_streams=10_000,
+    # nginx takes two open files per proxied stream, and this machine's hard limit is 20,000
+    # (nginx cannot raise it in this container): 9,000 streams fit, 10,000 do not.
+    idle_streams=9_000,
     idle_jobs=1_000,
     memory_jobs=100,
     histories=(1000, 100),
@@ -220,6 +222,15 @@ def slab_object_bytes() -> dict[str, int]:
     return sizes
 
 
+def buffer_limits() -> dict[str, list[str]]:
+    """The kernel's TCP buffer sizes (min, default, max): what a socket with data queued
+    (a slow client) may take, where an idle one takes none."""
+    return {
+        name: Path(f"/proc/sys/net/ipv4/{name}").read_text().split()
+        for name in ("tcp_wmem", "tcp_rmem")
+    }
+
+
 async def stream_footprint(
     backend: Backend, fleet: Fleet, redis_pid: int, sizes: Sizes
 ) -> dict[str, Any]:
@@ -227,7 +238,7 @@ async def stream_footprint(
     prefix = f"m{uuid.uuid4().hex[:8]}"
     backend = dataclasses.replace(backend, key_prefix=prefix)
     server = await asyncio.to_thread(
-        start_proxied, backend, 1, affinity=False, connections=2 * sizes.idle_streams + 512
+        start_proxied, backend, 1, affinity=False, connections=3 * sizes.idle_streams + 512
     )
     driver = OursDriver(backend.redis_url, prefix)
     monitor = redis.asyncio.Redis.from_url(backend.redis_url)
@@ -251,6 +262,9 @@ async def stream_footprint(
         client_sockets = socket_memory(f"sport = :{server.port}")
         return {
             "streams": held,
+            "asked": sizes.idle_streams,
+            "failed": dict(opened.failed),
+            "nginx_log": server.nginx_log()[-600:] if opened.failed else "",
             "hold_delivered": hold["delivered"],
             "hold_expected": hold["expected"],
             "web_rss_per_stream": (server.webs[0].rss_bytes() - web_before) / max(held, 1),
@@ -262,8 +276,7 @@ async def stream_footprint(
                 "nginx client side": dataclasses.asdict(client_sockets),
             },
             "slab_object_bytes": slab_object_bytes(),
-            "tcp_wmem": Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split(),
-            "tcp_rmem": Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split(),
+            **buffer_limits(),
         }
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:500], "log": server.log_tail(800)}
@@ -419,7 +432,8 @@ def streams_table(result: dict[str, Any]) -> str:
     rows = [
         "| measure | value |",
         "| --- | --- |",
-        f"| streams held (through nginx, on one web process) | {result['streams']:,} |",
+        f"| streams held (through nginx, on one web process) | {result['streams']:,} of "
+        f"{result['asked']:,} asked{_failures(result['failed'])} |",
         f"| web process RSS per stream | {_f(result['web_rss_per_stream'])} bytes |",
         f"| nginx RSS per stream | {_f(result['nginx_rss_per_stream'])} bytes |",
     ]
@@ -433,11 +447,13 @@ def streams_table(result: dict[str, Any]) -> str:
         parts = " + ".join(f"{name} {size}" for name, size in slab.items())
         rows.append(f"| kernel objects per socket ({parts}) | {sum(slab.values()):,} bytes |")
     wmem, rmem = result["tcp_wmem"], result["tcp_rmem"]
-    rows.append(
-        f"| buffer limits of this kernel (min default max): tcp_wmem | {' '.join(wmem)} |"
-    )
+    rows.append(f"| buffer limits of this kernel (min default max): tcp_wmem | {' '.join(wmem)} |")
     rows.append(f"| tcp_rmem | {' '.join(rmem)} |")
     return "\n".join(rows)
+
+
+def _failures(failed: dict[str, int]) -> str:
+    return "".join(f"; {n:,} failed: {why}" for why, n in failed.items())
 
 
 def jobs_table(rows: list[dict[str, Any]]) -> str:
