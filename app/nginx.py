@@ -40,13 +40,19 @@ def site_config(
     text = path.read_text()
     if not affinity:
         text, removed = AFFINITY.subn("", text)
-        assert removed == 2, f"{path}: the affinity blocks lost their markers"
+        _expect(removed == 2, path, "the two affinity blocks between their markers")
     text, replaced = EXAMPLE_SERVERS.subn(
         lambda m: "".join(f"{m[1]}server 127.0.0.1:{port};\n" for port in ports), text
     )
-    assert replaced == (2 if affinity else 1), f"{path}: the upstream servers moved"
-    assert "listen 80;" in text, f"{path}: no `listen 80;`"
+    _expect(replaced == (2 if affinity else 1), path, "`server 127.0.0.1:8001;` in each upstream")
+    _expect("listen 80;" in text, path, "`listen 80;`")
     return text.replace("listen 80;", f"listen 127.0.0.1:{listen} backlog=4096;")
+
+
+def _expect(found: bool, path: Path, what: str) -> None:
+    """The file is edited by hand: say what moved, rather than run something else."""
+    if not found:
+        raise ValueError(f"{path} no longer has {what}, which app/nginx.py fills in")
 
 
 def main_config(folder: Path, site: str, *, connections: int = 1024) -> Path:
