@@ -4,17 +4,21 @@
 SIGTERM the process that holds a job's stream and a watch's stream: the project's own
 resuming client (`progress_streamer.client`) comes back through nginx on the other
 process with its last id, every job's seqs stay contiguous to the terminal, and a resume
-after the terminal gets `204`. Run with the per-job affinity (`hash` on the job id) and
-without it (`least_conn` for every stream).
+after the terminal gets `204`. A raw SSE reader on the same process checks the wire (the
+client drops repeats silently): the cut response ends cleanly, and it plus the resumed
+one hold every seq exactly once. Run with the per-job affinity (`hash` on the job id)
+and without it (`least_conn` for every stream).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -27,14 +31,15 @@ from progress_streamer.protocol.status import JobStatus
 from progress_streamer.redis_server import free_port
 from tests.support import ROOT
 from tests.support.doc_project import Process, answers, doc_files
-from tests.support.reliability import WebProcess, until
-from tests.support.server import publisher
+from tests.support.reliability import RawStream, WebProcess, seqs_of, status_of, until
+from tests.support.server import SSEEvent, publisher
 
 pytestmark = pytest.mark.slow
 
 NGINX = find_nginx()
 SHUTDOWN_SECONDS = 2
 WITHIN = 30.0  # generous: a busy 2-core machine
+T = TypeVar("T")
 
 
 def test_the_doc_shows_the_tested_configuration() -> None:
@@ -146,6 +151,25 @@ async def placed(deployment: Deployment, http: httpx.AsyncClient, total: int) ->
     return counts
 
 
+async def open_until_on(
+    deployment: Deployment,
+    http: httpx.AsyncClient,
+    holder: int,
+    open_one: Callable[[], Awaitable[T]],
+) -> tuple[list[T], T]:
+    """Open streams until one lands on process `holder` (the hash always picks the same
+    process for a job; least_conn alternates): all of them, and that one."""
+    counts = await deployment.open_streams(http)
+    opened: list[T] = []
+    while len(opened) < 8:
+        opened.append(await open_one())
+        now = await placed(deployment, http, sum(counts) + 1)
+        if now[holder] > counts[holder]:
+            return opened, opened[-1]
+        counts = now
+    raise AssertionError("nginx never put a stream on the process holding the job's")
+
+
 def keep_publishing(settings: Settings, jobs: list[str], stop: threading.Event) -> None:
     pub = publisher(settings)
     i = 0
@@ -159,30 +183,42 @@ async def test_sigterm_of_the_process_holding_streams_resumes_them_on_the_other(
     deployment: Deployment, settings: Settings
 ) -> None:
     jobs = [uuid.uuid4().hex, uuid.uuid4().hex]
+    path = f"/api/v1/jobs/{jobs[0]}/events"
     pub = publisher(settings)
     for job in jobs:
         pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
     stop = threading.Event()
     ticker = threading.Thread(target=keep_publishing, args=(settings, jobs, stop))
     async with httpx.AsyncClient(timeout=10) as http:
+        # On the process that will get the SIGTERM: a job stream and a watch stream of
+        # the project's client, and a raw SSE reader of the job (it sees every byte).
         streamer = Follower(deployment.url)
         streamer.follow(streamer.client.events(jobs[0]))
         holder = (await placed(deployment, http, 1)).index(1)
-        # Watches until one lands on the job stream's process (least_conn alternates).
-        watchers: list[Follower] = []
-        on_holder: Follower | None = None
-        while on_holder is None and len(watchers) < 8:
+
+        async def watch() -> Follower:
             watcher = Follower(deployment.url)
             watcher.follow(watcher.client.watch(jobs))
-            watchers.append(watcher)
-            if (await placed(deployment, http, 1 + len(watchers)))[holder] == 2:
-                on_holder = watcher
-        assert on_holder is not None, "nginx never put a watch on the job stream's process"
+            return watcher
+
+        async def raw_stream() -> tuple[RawStream, asyncio.Task[list[SSEEvent]]]:
+            raw = await RawStream.connect(deployment.port, path)
+            assert await raw.read_head() == 200
+            return raw, asyncio.create_task(raw.read_to_end())
+
+        watchers, on_holder = await open_until_on(deployment, http, holder, watch)
+        raws, (raw, raw_reader) = await open_until_on(deployment, http, holder, raw_stream)
+        followers = [streamer, *watchers]
         ticker.start()
         try:
-            followers = [streamer, *watchers]
             await until(lambda: all(len(f.events) >= 3 for f in followers), WITHIN, "live")
             deployment.webs[holder].terminate()
+            await asyncio.wait_for(raw_reader, WITHIN)  # its process ended the response
+            resumed = await RawStream.connect(
+                deployment.port, path, last_event_id=raw.last_event_id
+            )
+            assert await resumed.read_head() == 200  # through nginx, on the other process
+            resumed_reader = asyncio.create_task(resumed.read_to_end())
             code = await asyncio.to_thread(deployment.webs[holder].process.wait, WITHIN)
             moved = [streamer, on_holder]
             before = [len(f.events) for f in moved]
@@ -198,24 +234,35 @@ async def test_sigterm_of_the_process_holding_streams_resumes_them_on_the_other(
             pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
         for follower in followers:
             await follower.finish()
+        await asyncio.wait_for(resumed_reader, WITHIN)
+        for _, reader in raws[:-1]:
+            await asyncio.wait_for(reader, WITHIN)
         pub.redis.close()
 
-        assert code in (0, -15), deployment.webs[holder].log()[-3000:]
+        assert code in (0, -signal.SIGTERM), deployment.webs[holder].log()[-3000:]
         for follower in followers:
             for job in jobs if follower is not streamer else jobs[:1]:
                 assert contiguous(follower.seqs(job)), (job, follower.seqs(job))
                 assert [e for e in follower.events if e.job_id == job][-1].status == "success"
         for follower in followers:
-            cut = follower in moved
-            assert len(follower.requests) == (2 if cut else 1), follower.requests
+            assert len(follower.requests) == (2 if follower in moved else 1), follower.requests
         for follower in moved:
             assert follower.requests[1].headers.get("last-event-id"), "resumed without its id"
+        # On the wire: the cut response ended cleanly, and the two together hold every
+        # seq once, up to the terminal.
+        assert raw.ended and resumed.ended
+        wire = seqs_of(raw.record.events) + seqs_of(resumed.record.events)
+        assert contiguous(wire), wire
+        assert status_of(resumed.record.events[-1]) == "success"
+        for other, _ in raws[:-1]:
+            assert other.ended and status_of(other.record.events[-1]) == "success"
+            await other.close()
+        await raw.close()
+        await resumed.close()
 
         # After the terminal, a resume with the last id is told there is nothing more.
-        last = {job: streamer.seqs(job)[-1] if job == jobs[0] else 0 for job in jobs}
         answer = await http.get(
-            f"{deployment.url}/api/v1/jobs/{jobs[0]}/events",
-            headers={"Last-Event-ID": str(last[jobs[0]])},
+            deployment.url + path, headers={"Last-Event-ID": str(streamer.seqs(jobs[0])[-1])}
         )
         assert answer.status_code == 204
         cursor = ".".join(str(on_holder.seqs(job)[-1]) for job in jobs)
