@@ -85,7 +85,7 @@ class Sizes:
 FULL = Sizes(
     clients=1_000,
     jobs=100,
-    rates=(100, 500, 1_000, 2_000, 3_000, 4_000, 5_000),
+    rates=(100, 500, 1_000, 1_500, 2_000, 2_500, 3_000, 4_000, 5_000),
     step_seconds=4.0,
     latency_rate=200,
     latency_seconds=6.0,
