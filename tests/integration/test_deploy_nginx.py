@@ -58,13 +58,18 @@ class Deployment:
             "PROGRESS_SHUTDOWN_SECONDS": str(SHUTDOWN_SECONDS),
         }
         self.webs = [WebProcess(settings, graceful=SHUTDOWN_SECONDS, **env) for _ in range(2)]
-        for web in self.webs:
-            web.wait_ready()
+        self.nginx: Process | None = None
         self.port = free_port()
-        site = site_config([w.port for w in self.webs], listen=self.port, affinity=affinity)
-        conf = main_config(folder, site)
-        self.nginx = Process("nginx", nginx_command(NGINX, folder, conf), cwd=folder, env={})
-        self.nginx.wait_until(lambda: answers(f"{self.url}/healthz"))
+        try:
+            for web in self.webs:
+                web.wait_ready()
+            site = site_config([w.port for w in self.webs], listen=self.port, affinity=affinity)
+            conf = main_config(folder, site)
+            self.nginx = Process("nginx", nginx_command(NGINX, folder, conf), cwd=folder, env={})
+            self.nginx.wait_until(lambda: answers(f"{self.url}/healthz"))
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -74,15 +79,16 @@ class Deployment:
         return [int((await w.metrics(http))["progress_open_streams"]) for w in self.webs]
 
     def stop(self) -> None:
-        self.nginx.stop()
+        if self.nginx is not None:
+            self.nginx.stop()
         for web in self.webs:
             web.stop()
 
     def logs(self) -> str:
-        return "\n".join(
-            [f"--- nginx\n{self.nginx.log()[-2000:]}"]
-            + [f"--- web {w.port}\n{w.log()[-2000:]}" for w in self.webs]
-        )
+        """The tails of every log (printed at teardown: pytest shows them on a failure)."""
+        nginx = self.nginx.log()[-2000:] if self.nginx is not None else ""
+        webs = [f"--- web {w.port}\n{w.log()[-2000:]}" for w in self.webs]
+        return "\n".join([f"--- nginx\n{nginx}", *webs])
 
 
 @pytest.fixture(params=[True, False], ids=["affinity", "least_conn"])
@@ -94,10 +100,8 @@ def deployment(
     deployment = Deployment(settings, tmp_path, affinity=request.param)
     try:
         yield deployment
-    except BaseException:
-        print(deployment.logs())
-        raise
     finally:
+        print(deployment.logs())
         deployment.stop()
 
 
