@@ -51,11 +51,12 @@ def test_the_doc_shows_the_tested_configuration() -> None:
 class Deployment:
     """Two web processes and nginx with the repository's configuration in front."""
 
-    def __init__(self, settings: Settings, folder: Path, *, affinity: bool) -> None:
+    def __init__(self, settings: Settings, folder: Path, *, affinity: bool, **extra: str) -> None:
         assert NGINX is not None
         env = {
             "PROGRESS_TRUSTED_PROXIES": "127.0.0.1",
             "PROGRESS_SHUTDOWN_SECONDS": str(SHUTDOWN_SECONDS),
+            **extra,
         }
         self.webs = [WebProcess(settings, graceful=SHUTDOWN_SECONDS, **env) for _ in range(2)]
         self.nginx: Process | None = None
@@ -91,12 +92,17 @@ class Deployment:
         return "\n".join([f"--- nginx\n{nginx}", *webs])
 
 
-@pytest.fixture(params=[True, False], ids=["affinity", "least_conn"])
-def deployment(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
-) -> Iterator[Deployment]:
+@pytest.fixture
+def nginx() -> str:
     if NGINX is None:
         pytest.skip("nginx is not installed (.ci/run installs nginx-light)")
+    return NGINX
+
+
+@pytest.fixture(params=[True, False], ids=["affinity", "least_conn"])
+def deployment(
+    request: pytest.FixtureRequest, nginx: str, settings: Settings, tmp_path: Path
+) -> Iterator[Deployment]:
     deployment = Deployment(settings, tmp_path, affinity=request.param)
     try:
         yield deployment
@@ -274,3 +280,34 @@ async def test_sigterm_of_the_process_holding_streams_resumes_them_on_the_other(
         assert answer.status_code == 204
         live = 1 - holder
         assert (await deployment.webs[live].metrics(http))["progress_open_streams"] == 0
+
+
+async def test_each_client_behind_nginx_counts_on_its_own(
+    nginx: str, settings: Settings, tmp_path: Path
+) -> None:
+    """The file's X-Forwarded-For with PROGRESS_TRUSTED_PROXIES: the per-client stream cap
+    counts the browser's address, not nginx's (the job's streams share one process
+    through the affinity, so one process's cap is what is tested). Without the setting,
+    the third stream gets `503` as well."""
+    job = uuid.uuid4().hex
+    pub = publisher(settings)
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    path = f"/api/v1/jobs/{job}/events"
+    deployment = Deployment(settings, tmp_path, affinity=True, PROGRESS_MAX_STREAMS_PER_CLIENT="1")
+    streams: list[RawStream] = []
+    try:
+
+        async def status_as(address: str) -> int:
+            headers = {"X-Forwarded-For": address}
+            streams.append(await RawStream.connect(deployment.port, path, headers=headers))
+            return await streams[-1].read_head()
+
+        assert await status_as("198.51.100.1") == 200
+        assert await status_as("198.51.100.1") == 503  # its one stream is open
+        assert await status_as("198.51.100.2") == 200  # another client, through the same nginx
+    finally:
+        for stream in streams:
+            await stream.close()
+        print(deployment.logs())
+        deployment.stop()
+        pub.redis.close()
