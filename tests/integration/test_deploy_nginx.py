@@ -7,7 +7,8 @@ process with its last id, every job's seqs stay contiguous to the terminal, and 
 after the terminal gets `204`. A raw SSE reader on the same process checks the wire (the
 client drops repeats silently): the cut response ends cleanly, and it plus the resumed
 one hold every seq exactly once. Run with the per-job affinity (`hash` on the job id)
-and without it (`least_conn` for every stream).
+and without it (`least_conn` for every stream). And the forwarded headers: behind nginx,
+each browser address counts on its own against the per-client stream cap.
 """
 
 from __future__ import annotations
