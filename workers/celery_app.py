@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from progress_streamer.celery import ProgressTask, install
+from progress_streamer.celery.chord_backend import chord_backend_url
 from progress_streamer.protocol import Settings
 
 TASK_MODULES = ("workers.tasks.celery_demo",)
@@ -35,10 +36,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def chord_backend(settings: Settings) -> str | None:
-    """The broker's Redis as the result backend, which Celery's chords need; None when
-    the broker is not Redis (then `POST /api/v1/jobs` chords fail to send)."""
+    """The broker's Redis as the result backend Celery's chords need (one that follows no
+    results: progress_streamer/celery/chord_backend.py); None when the broker is not Redis
+    (then `POST /api/v1/jobs` chords fail to send)."""
     url = settings.broker_url
-    return url if url.startswith(("redis://", "rediss://", "unix://")) else None
+    return chord_backend_url(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
 def create_celery_app(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:

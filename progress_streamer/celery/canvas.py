@@ -7,11 +7,11 @@ another (a group inside a chain) becomes a parent job of its own that counts as 
 of the outer one: parents are counted by their outer structure. Canvases sent without
 `start` stream per task, as before.
 
-Chords need a result backend (Celery's own requirement: the reference deployment uses the
-broker's Redis). Results pass between a chain's links as Celery passes them; the web
-app's `POST /api/v1/jobs` builds immutable signatures, so its tasks take named params only,
-and ignores their results (our stream carries them; a sender that asked for results would
-subscribe to each one in Celery's result backend).
+Chords need a result backend (Celery's own requirement): the reference deployment uses
+`ChordBackend` on the broker's Redis, which follows no results (chord_backend.py).
+Results pass between a chain's links as Celery passes them; the web app's `POST
+/api/v1/jobs` builds immutable signatures, so its tasks take named params only, and
+ignores their results (the stream carries them).
 """
 
 from __future__ import annotations

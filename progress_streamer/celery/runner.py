@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 
 from progress_streamer.celery.canvas import canvas_of, start
+from progress_streamer.celery.chord_backend import chord_backend_url
 from progress_streamer.celery.installer import install
 from progress_streamer.celery.runtime import runtime
 from progress_streamer.protocol.event import EventDraft
@@ -98,7 +99,7 @@ def sender_app(settings: Settings) -> Celery:
     """A Celery app that only sends by name, on the broker of `settings`, in JSON."""
     app = Celery("progress_streamer", broker=settings.broker_url, set_as_current=False)
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        app.conf.result_backend = settings.broker_url  # Celery's chords need one
+        app.conf.result_backend = chord_backend_url(settings.broker_url)  # chords need one
     app.conf.update(
         broker_connection_retry_on_startup=True,
         task_serializer="json",

@@ -22,6 +22,7 @@ from tests.support.celery_worker import Worker, running_worker, wait_for
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 LEASE = 2.0
+
 COUNTS = ("pending", "running", "succeeded", "failed", "revoked")
 
 
