@@ -3,7 +3,9 @@
 `Publisher` (sync, for Celery tasks) and `AsyncPublisher` (asyncio, for ARQ and the web
 app's own writes such as `pending` and `revoked`) share `publish_call`, the one place
 that turns a draft into the script's keys and arguments. redis-py's registered scripts
-run EVALSHA and reload the script when Redis lost its script cache.
+run EVALSHA and reload the script when Redis lost its script cache. An accepted event of
+a child job then updates its parent job (`families`, protocol/family_update.py): a
+second script call, in the parent's slot.
 """
 
 from __future__ import annotations
