@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from bench.held import held_section
 from bench.machine import machine_info
 from bench.report import Figures, Runs, fanout_tables, idle_table, summary_table
 from bench.targets import targets_table
@@ -63,6 +64,8 @@ def block(
         + ".",
         METHOD,
     ]
+    if plan.baseline:
+        parts.append(f"`baseline`: ours as of commit {plan.baseline}, in the same run.")
     for name, why in plan.skipped.items():
         parts.append(f"**Not measured: {name}** ({why}).")
     if plan.profiles:
@@ -86,8 +89,10 @@ def block(
             f"{sizes.step_seconds:g} s per rate",
             fanout_tables(fig, sizes.fanout_rates, sizes.fanout_clients, sizes.fanout_jobs),
         ]
+    if "held" in plan.scenarios:
+        parts += held_section(fig, sizes)
     for number, profile in enumerate(plan.profiles, 1):
-        parts += [f"#### Profile of ours during fan-out, run {number} (py-spy)", profile]
+        parts += [f"#### Profile of ours, {number} (py-spy)", profile]
     if isinstance(costs, dict):
         parts += ["#### Worker cost (`python -m bench.worker_cost`)", worker_table(costs)]
     elif isinstance(costs, str):

@@ -58,7 +58,7 @@ class Figures:
         """The servers ours is divided by: those measured, when ours was too."""
         if "ours" not in self.servers:
             return []
-        return [s for s in ("naive", "nchan") if s in self.servers]
+        return [s for s in ("naive", "nchan", "baseline") if s in self.servers]
 
     def idle(self, server: str, streams: int, key: str) -> list[Any]:
         found = []
@@ -143,7 +143,7 @@ def _side_by_side(
     return row
 
 
-NAMES = {"ours": "ours", "naive": "naive", "nchan": "Nchan"}
+NAMES = {"ours": "ours", "naive": "naive", "nchan": "Nchan", "baseline": "baseline"}
 
 
 def header(fig: Figures, first: list[str], ratios: bool = True) -> list[str]:
@@ -186,7 +186,7 @@ def _failures(per_run: list[dict[str, int] | None]) -> str:
 
 def _idle_values(fig: Figures, n: int, key: str, scale: float) -> dict[str, list[Any]]:
     values: dict[str, list[Any]] = {}
-    for server in ("ours", "naive", "nchan"):
+    for server in fig.servers:
         if key == "hold_delivered_pct":
             got = fig.idle(server, n, "hold_delivered")
             want = fig.idle(server, n, "hold_expected")
@@ -213,7 +213,10 @@ def fanout_tables(fig: Figures, rates: tuple[int, ...], clients: int, jobs: int)
     p50 = rows("p50_ms", 1)
     p99 = rows("p99_ms", 1)
     cpu = rows("cpu_us_per_delivery", 1)
+    with_script = rows("cpu_us_per_delivery_with_script", 1)
     core = rows("server_cpu_pct")
+    script = rows("script_cpu_pct", 1, ratios=False)
+    per_call = rows("script_us_per_call", 1, ratios=False)
     load = [_load_row(fig, label(r), r) for r in rates]
     first = ["published (deliveries asked)"]
     return "\n\n".join(
@@ -228,8 +231,15 @@ def fanout_tables(fig: Figures, rates: tuple[int, ...], clients: int, jobs: int)
             table(header(fig, first), p99),
             "Server CPU per delivery, µs (server core time / deliveries):",
             table(header(fig, first), cpu),
+            "Server CPU and the publish script's CPU in Redis, per delivery, µs (Nchan "
+            "publishes inside its server, so its server CPU already covers that work):",
+            table(header(fig, first), with_script),
             "Server core busy, % of one core:",
             table(header(fig, first), core),
+            "Redis CPU of the publish script, % of one core (`INFO commandstats`, EVALSHA):",
+            table(header(fig, first), script),
+            "Redis CPU per publish-script call, µs:",
+            table(header(fig, first), per_call),
             "Load core, % of one core: load generator + publisher + Redis (not the server):",
             table(header(fig, first, ratios=False), load),
         ]
