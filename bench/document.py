@@ -69,7 +69,7 @@ def block(
     for name, why in plan.skipped.items():
         parts.append(f"**Not measured: {name}** ({why}).")
     if plan.profiles:
-        parts.append("**Profiled run**: py-spy sampled ours during fan-out (costs it a little).")
+        parts.append("**Profiled run**: py-spy sampled ours as it ran (costs it a little).")
     parts += [f"Error: {e}" for e in fig.errors()]
     if "fanout" in plan.scenarios:
         parts += ["#### Summary", summary_table(fig, latency_label)]
@@ -91,8 +91,8 @@ def block(
         ]
     if "held" in plan.scenarios:
         parts += held_section(fig, sizes)
-    for number, profile in enumerate(plan.profiles, 1):
-        parts += [f"#### Profile of ours, {number} (py-spy)", profile]
+    for number, (what, profile) in enumerate(plan.profiles, 1):
+        parts += [f"#### Profile {number}: {what} (py-spy)", profile]
     if isinstance(costs, dict):
         parts += ["#### Worker cost (`python -m bench.worker_cost`)", worker_table(costs)]
     elif isinstance(costs, str):

@@ -213,7 +213,8 @@ def fanout_tables(fig: Figures, rates: tuple[int, ...], clients: int, jobs: int)
     p50 = rows("p50_ms", 1)
     p99 = rows("p99_ms", 1)
     cpu = rows("cpu_us_per_delivery", 1)
-    with_script = rows("cpu_us_per_delivery_with_script", 1)
+    with_redis = rows("cpu_us_per_delivery_with_redis", 1)
+    redis_per_publish = rows("redis_cpu_us_per_publish", 1, ratios=False)
     core = rows("server_cpu_pct")
     script = rows("script_cpu_pct", 1, ratios=False)
     per_call = rows("script_us_per_call", 1, ratios=False)
@@ -231,15 +232,19 @@ def fanout_tables(fig: Figures, rates: tuple[int, ...], clients: int, jobs: int)
             table(header(fig, first), p99),
             "Server CPU per delivery, µs (server core time / deliveries):",
             table(header(fig, first), cpu),
-            "Server CPU and the publish script's CPU in Redis, per delivery, µs (Nchan "
-            "publishes inside its server, so its server CPU already covers that work):",
-            table(header(fig, first), with_script),
+            "Server CPU plus Redis's CPU, per delivery, µs (both from /proc; Nchan publishes "
+            "inside its server, so its server CPU already covers what Redis does for ours):",
+            table(header(fig, first), with_redis),
             "Server core busy, % of one core:",
             table(header(fig, first), core),
-            "Redis CPU of the publish script, % of one core (`INFO commandstats`, EVALSHA):",
+            "Redis time in the publish script, % of one core (`INFO commandstats` usec of "
+            "EVALSHA: wall time inside Redis, so at most its CPU plus any wait for the core):",
             table(header(fig, first), script),
-            "Redis CPU per publish-script call, µs:",
+            "Redis time per publish-script call, µs (the same `usec`, per call):",
             table(header(fig, first), per_call),
+            "Redis CPU per publish, µs (/proc: the script, the PUBLISH to the hub and the "
+            "network I/O of both):",
+            table(header(fig, first), redis_per_publish),
             "Load core, % of one core: load generator + publisher + Redis (not the server):",
             table(header(fig, first, ratios=False), load),
         ]

@@ -90,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="print only")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy on ours during fan-out (perturbs it)"
+        "--profile",
+        action="store_true",
+        help="py-spy on ours (and the baseline) during fan-out and held (perturbs them)",
     )
     return parser.parse_args(argv)
 
@@ -128,7 +130,7 @@ class Plan:
     load_at_start: str
     baseline: str = ""  # the baseline's ref and commit, when measured
     profile_dir: Path | None = None
-    profiles: list[str] = dataclasses.field(default_factory=list)
+    profiles: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (what, table)
 
 
 async def run_one(
@@ -145,8 +147,8 @@ async def run_one(
     monitor = redis.asyncio.Redis.from_url(backend.redis_url)
     ctx = Context(server, driver, fleet, backend, monitor, redis_pid)
     profiler = None
-    if plan.profile_dir is not None and name == "ours" and scenario in ("fanout", "held"):
-        output = plan.profile_dir / f"py-spy-ours-{scenario}-{prefix}.txt"
+    if plan.profile_dir is not None and name in ("ours", "baseline") and scenario != "idle":
+        output = plan.profile_dir / f"py-spy-{name}-{scenario}-{prefix}.txt"
         profiler = Profiler(server.process.pid, output)
     try:
         if scenario == "idle":
@@ -160,7 +162,7 @@ async def run_one(
         if profiler is not None:
             await asyncio.to_thread(profiler.stop)
             if profiler.output.exists():
-                plan.profiles.append(summarize(profiler.output))
+                plan.profiles.append((f"{name}, {scenario}", summarize(profiler.output)))
         await fleet.close_streams()
         await driver.close()
         await monitor.aclose()

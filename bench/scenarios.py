@@ -27,8 +27,9 @@ from bench.servers import Backend, RunningServer
 DRAIN_SECONDS = 3.0  # how long a step waits for late deliveries before counting them lost
 TIMED_EVERY = 10  # one stream in ten records latencies (see bench/loadgen.py)
 LATE_MS = 5.0  # a delivery later than this counts as late (the share is reported)
-# The publish script's calls as Redis counts them (`INFO commandstats`): its CPU is part
-# of what a publish costs, which for Nchan is inside its server's CPU.
+# The publish script's calls as Redis counts them (`INFO commandstats`: calls, and the
+# wall time spent in them, its CPU when the core is free): part of what a publish costs,
+# which for Nchan is inside its server's CPU.
 SCRIPT_COMMANDS = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall")
 
 
@@ -158,6 +159,7 @@ class CpuMeter:
             "loadgen_cpu_pct": 100 * loadgen / wall,
             "publisher_cpu_pct": 100 * harness / wall,
             "redis_cpu_pct": 100 * redis_cpu / wall,
+            "redis_cpu_s": redis_cpu,
         }
 
 
@@ -215,9 +217,14 @@ async def step(
         "script_calls": calls,
         "script_cpu_pct": 100 * usec / 1e6 / cpu["wall_s"],
         "script_us_per_call": usec / calls if calls else None,
-        # The server's CPU and the publish script's in Redis, per delivery: what Nchan's
-        # server CPU alone covers (it publishes inside nginx).
-        "cpu_us_per_delivery_with_script": (1e6 * cpu["server_cpu_s"] + usec) / delivered
+        # Redis's own CPU (/proc) per publish: the script, the PUBLISH to the hub and the
+        # network I/O of both; only the publishes keep ours' Redis busy during a step.
+        "redis_cpu_us_per_publish": 1e6 * cpu["redis_cpu_s"] / calls if calls else None,
+        # The server's CPU and Redis's, per delivery: what Nchan's server CPU alone covers
+        # (it publishes inside nginx).
+        "cpu_us_per_delivery_with_redis": 1e6
+        * (cpu["server_cpu_s"] + cpu["redis_cpu_s"])
+        / delivered
         if delivered
         else None,
         "streams_open": got.open,
