@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
-PROJECT_CODE = (" (app/", " (workers/")
+PROJECT_CODE = (" (progress_streamer/", " (app/", " (workers/")
 
 
 def py_spy() -> str | None:
