@@ -7,9 +7,10 @@ that sent nothing for a while gets `: ping`, and when uvicorn starts shutting do
 (SIGTERM) every stream is ended so clients resume elsewhere.
 
 The work is spread over time, because it runs on the loop that delivers live events:
-walking 10,000 streams in one go took about 5 ms, four times a second, and a ping round
-wrote 10,000 pings at once (tens of ms); every live delivery arriving meanwhile waited
-(docs/benchmarks.md, "Live deliveries while idle streams are held"). So:
+walking 10,000 streams in one go took 3-5 ms, four times a second, and a ping round
+wrote 10,000 pings at once (tens of ms with the sockets' writes); every live delivery
+arriving meanwhile waited (docs/benchmarks.md, issue 16's section; `python -m
+bench.sweep_cost` measures a tick). So:
 - **a timing wheel of slots**: each stream sits in one of `slots` sets (the smallest when
   it opens), and each tick visits one slot; a round of all slots takes `round_seconds`
   (at most a quarter second), so a stream is still looked at once per round, and a tick
