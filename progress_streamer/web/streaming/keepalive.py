@@ -123,7 +123,8 @@ class Keepalive:
         slot = 0
         next_tick = loop.time()
         while True:
-            next_tick += self.tick
+            # With no stream open, a tick per round is enough (an idle process stays quiet).
+            next_tick += self.tick if any(self._slots) else self.round_seconds
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             if not self.draining and self.exiting():
                 self.drain()
