@@ -74,6 +74,8 @@ def test_harness_runs_ours_and_the_naive_baseline(tmp_path: Path) -> None:
     assert "#### Live deliveries while idle streams are held" in stdout
     assert result["runs"][0]["ours"]["fanout"]["steps"][0]["script_calls"] > 0
     assert "#### Worker cost" in stdout and "Celery `self.progress(...)` call" in stdout
+    assert "#### One parent job for a group" in stdout
+    assert "| Redis round trips per child event |" in stdout
     for row in result["runs"][0]["naive"]["idle"]:  # a Redis connection per client
         assert row["redis_pubsub"] >= row["established"]
 
@@ -82,13 +84,13 @@ def test_harness_runs_nchan(tmp_path: Path) -> None:
     nchan, why = find_nchan(install=False)
     if nchan is None:
         pytest.skip(f"Nchan not measured: {why} (`make bench` installs it)")
-    stdout, result = run_quick(tmp_path, "nchan", "--no-worker-cost")
+    stdout, result = run_quick(tmp_path, "nchan", "--no-worker-cost", "--no-group")
     check_server(result, "nchan")
     assert "| measure | Nchan |" in stdout
 
 
 def test_harness_runs_ours_beside_a_baseline_commit(tmp_path: Path) -> None:
-    args = ["--scenarios", "held", "--baseline", "HEAD", "--no-worker-cost"]
+    args = ["--scenarios", "held", "--baseline", "HEAD", "--no-worker-cost", "--no-group"]
     stdout, result = run_quick(tmp_path, "ours", *args)
     for name in ("ours", "baseline"):
         rows = result["runs"][0][name]["held"]
