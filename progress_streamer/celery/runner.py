@@ -46,9 +46,11 @@ class CeleryRunner(JobRunner):
     def enqueue(self, job_id: str, task: str, params: Mapping[str, Any]) -> None:
         """Send `task` by name with the job id as its task id; `pending` comes first."""
         self.keyspace.job(job_id)  # validates the id
-        # ignore_result: with a result backend (chords need one) Celery would otherwise
-        # subscribe this process to every sent task's result, for good.
-        self.app.send_task(task, kwargs=dict(params), task_id=job_id, ignore_result=True)
+        # Our own sender's backend exists for chords alone: a single job's result lives in
+        # its snapshot, so the worker need not store it there. A user's app keeps its
+        # backend's results (their `AsyncResult.get()` must still work).
+        options = {"ignore_result": True} if self._own_app else {}
+        self.app.send_task(task, kwargs=dict(params), task_id=job_id, **options)
 
     def enqueue_family(
         self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool
