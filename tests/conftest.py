@@ -17,6 +17,7 @@ import redis.asyncio
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import RedisServer
+from tests.support.redis_cluster import RedisCluster, cluster_unavailable
 
 UNRETRIEVED = "exception was never retrieved"
 
@@ -67,6 +68,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-primary Redis Cluster of PATH's redis-server >= 7 for the session (tests that
+    kill, restart or migrate start their own `RedisCluster`). Skips, saying why, when
+    that binary is missing or too old."""
+    why = cluster_unavailable()
+    if why is not None:
+        pytest.skip(f"Redis Cluster tests need redis-server >= 7 on PATH: {why}")
+    with RedisCluster(primaries=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture
