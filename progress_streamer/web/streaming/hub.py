@@ -51,11 +51,11 @@ from redis.exceptions import RedisError, ResponseError
 from progress_streamer.protocol.event import MalformedEvent, decode_event, encode_event
 from progress_streamer.protocol.history import CatchUp, CorruptState, JobReader
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
-from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web.metrics import Metrics
-from progress_streamer.web.streaming.shards import ShardMap
+from progress_streamer.web.streaming.shards import PASSING_ERRORS, ShardMap
 from progress_streamer.web.streaming.subscriber import Delivery, Subscriber, frame_of
 
 log = logging.getLogger(__name__)
@@ -547,7 +547,7 @@ class SubscriptionHub:
     async def _read_and_deliver(self, job_id: str, after: int, subs: list[Subscriber]) -> None:
         keys = self.keyspace.job(job_id)
         try:
-            catch_up = await self.reader.events_since(keys, after if after > 0 else None)
+            catch_up = await self._events_since(keys, after if after > 0 else None)
         except CorruptState as exc:
             log.warning("job %s: %s %s; its streams end StateLost", job_id, exc, exc.detail)
             for sub in subs:
@@ -556,6 +556,23 @@ class SubscriptionHub:
         lost = [seen for sub in subs if (seen := self._deliver(sub, job_id, catch_up))]
         if lost:
             await self._report_lost(job_id, lost)
+
+    async def _events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
+        """The history read of a catch-up. In cluster mode a primary that just came back
+        (or took over) may refuse for a moment (its cluster state not yet ok, the command
+        client's old connection to it closed): tried again for `HEALTH_SECONDS`."""
+        if self._shards is None:
+            return await self.reader.events_since(keys, after)
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + HEALTH_SECONDS, 0.05
+        while True:
+            try:
+                return await self.reader.events_since(keys, after)
+            except PASSING_ERRORS:
+                if loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, SHARD_BACKOFF_MAX)
 
     def _deliver(self, sub: Subscriber, job_id: str, catch_up: CatchUp | None) -> SeenState | None:
         """Release the client with what the history says; if the state it saw is gone,

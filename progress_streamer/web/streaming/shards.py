@@ -15,9 +15,28 @@ from __future__ import annotations
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
-from redis.exceptions import SlotNotCoveredError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    MasterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TimeoutError,
+    TryAgainError,
+)
 
 CONNECT_TIMEOUT = 2.0
+
+# What a command raises while a primary restarts or fails over: worth another try soon.
+PASSING_ERRORS = (
+    ConnectionError,
+    TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    RedisClusterException,
+    OSError,
+)
 
 
 def slot_of(channel: str) -> int:
