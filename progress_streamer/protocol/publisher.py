@@ -8,17 +8,16 @@ run EVALSHA and reload the script when Redis lost its script cache.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis
-import redis.asyncio
-
+from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import JobKeys, KeySpace
-from progress_streamer.protocol.scripts import PUBLISH, TOUCH_LEASE
+from progress_streamer.protocol.scripts import TOUCH_LEASE, publish_script
 from progress_streamer.protocol.settings import Settings
 
 
@@ -52,11 +51,15 @@ def publish_call(
     condition: str = "",
     lease_seconds: float | None = None,
     seen: SeenState | None = None,
+    token: str | None = None,
 ) -> PublishCall:
     """The script's KEYS and ARGV for one draft (raises before anything is sent).
 
     `seen` is the job's state as this publisher last saw it (`PublishOutcome.seen`): if
-    it is gone, the loss wins (protocol/incarnation.py) and this draft is refused."""
+    it is gone, the loss wins (protocol/incarnation.py) and this draft is refused.
+    `token` makes the call idempotent (scripts.py): a fresh random one by default, made
+    in-process, so a client retrying this very call (the same arguments) after a
+    failover or a lost reply gets the first answer instead of a second event."""
     if not draft.ts:
         draft = replace(draft, ts=round(time.time(), 6))
     head, tail = draft.encode(settings.max_event_bytes)
@@ -74,6 +77,7 @@ def publish_call(
             "" if lease_seconds is None else lease_seconds,
             "" if seen is None else seen.epoch,
             "" if seen is None else seen.seq,
+            os.urandom(8).hex() if token is None else token,
         ],
     )
 
@@ -94,12 +98,12 @@ def lease_deadline(reply: Any) -> float | None:
 class Publisher:
     """Publishes from synchronous code (Celery tasks and signals)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: SyncRedis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
-        self._publish = client.register_script(PUBLISH)
-        self._touch = client.register_script(TOUCH_LEASE)
+        self._publish = script(client, publish_script(settings.cluster))
+        self._touch = script(client, TOUCH_LEASE)
 
     def publish(
         self,
@@ -135,12 +139,12 @@ class Publisher:
 class AsyncPublisher:
     """Publishes from asyncio code (ARQ jobs, the web app, the sweeper)."""
 
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
-        self._publish = client.register_script(PUBLISH)
-        self._touch = client.register_script(TOUCH_LEASE)
+        self._publish = ascript(client, publish_script(settings.cluster))
+        self._touch = ascript(client, TOUCH_LEASE)
 
     async def publish(
         self,
