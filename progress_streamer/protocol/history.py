@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-import redis.asyncio
 from redis.exceptions import ResponseError
 
+from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import MalformedEvent, ProgressEvent, decode_event
 from progress_streamer.protocol.keys import JobKeys, StateField
 from progress_streamer.protocol.scripts import READ_SINCE
@@ -98,9 +97,9 @@ def catch_up_of(reply: list[Any]) -> CatchUp | None:
 class JobReader:
     """Reads jobs' state for the web app (asyncio)."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: AsyncRedis) -> None:
         self.redis = client
-        self._read = client.register_script(READ_SINCE)
+        self._read = ascript(client, READ_SINCE)
 
     async def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
         """None for an unknown job. `after=None` asks for the snapshot."""
@@ -117,9 +116,9 @@ class JobReader:
 class SyncJobReader:
     """The same reads for synchronous code (tests, Celery-side tools)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: SyncRedis) -> None:
         self.redis = client
-        self._read = client.register_script(READ_SINCE)
+        self._read = script(client, READ_SINCE)
 
     def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
         with state_of_job():
