@@ -12,7 +12,6 @@ import asyncio
 import logging
 
 import redis
-import redis.asyncio
 
 from progress_streamer.protocol.connections import AsyncRedis
 from progress_streamer.protocol.event import ErrorInfo, EventDraft

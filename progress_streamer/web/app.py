@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -137,6 +138,8 @@ def build_services(
         AsyncPublisher(client, settings),
         metrics,
         client_name=f"progress-hub-{settings.key_prefix}",
+        # Cluster mode: one pub/sub connection per primary, routed by this client's map.
+        cluster=client if isinstance(client, RedisCluster) else None,
     )
     limiter = StreamLimiter(settings)
     metrics.track(lambda: limiter.open, lambda: hub.watched_jobs)

@@ -22,7 +22,6 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
-
 # Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
 pytestmark = pytest.mark.both_redis_modes
 

@@ -24,7 +24,6 @@ from progress_streamer.protocol.publisher import AsyncPublisher, Publisher, publ
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
-
 # Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
 pytestmark = pytest.mark.both_redis_modes
 

@@ -20,6 +20,7 @@ import redis
 import uvicorn
 
 from app.procfile import option_of
+from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
@@ -248,7 +249,8 @@ def read_events(client: httpx.Client, url: str) -> list[dict[str, Any]]:
 
 
 def publisher(settings: Settings) -> Publisher:
-    return Publisher(redis.Redis.from_url(settings.redis_url), settings)
+    """A publisher of the settings' Redis (one server or a cluster); close its `redis`."""
+    return Publisher(sync_client(settings, max_connections=16), settings)
 
 
 def numsub(client: redis.Redis, keyspace: KeySpace, job_id: str) -> int:
