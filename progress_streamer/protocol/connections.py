@@ -82,7 +82,11 @@ def sync_client(
         health_check_interval=30,
         **_cluster_options(settings.redis_url),
     )
-    check_server(cluster)
+    try:
+        check_server(cluster)
+    except BaseException:
+        cluster.close()
+        raise
     return cluster
 
 
@@ -178,23 +182,24 @@ def too_old(versions: dict[str, str]) -> str | None:
     )
 
 
-def _versions(reply: Any) -> dict[str, str]:
-    # A cluster client answers INFO with {node name: info} for the nodes asked.
-    return {str(node): str(info["redis_version"]) for node, info in reply.items()}
-
-
 def check_server(client: SyncRedis) -> None:
     """Refuse a cluster with a primary older than Redis 7.0 (`SettingsError`)."""
     if isinstance(client, redis.cluster.RedisCluster):
-        reply = client.info("server", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
-        if (complaint := too_old(_versions(reply))) is not None:
+        versions = {
+            node.name: str(client.info("server", target_nodes=node)["redis_version"])
+            for node in client.get_primaries()
+        }
+        if (complaint := too_old(versions)) is not None:
             raise SettingsError(complaint)
 
 
 async def acheck_server(client: AsyncRedis) -> None:
     """`check_server` for an asyncio client."""
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        primaries = redis.asyncio.cluster.RedisCluster.PRIMARIES
-        reply = await client.info("server", target_nodes=primaries)
-        if (complaint := too_old(_versions(reply))) is not None:
+        await client.initialize()  # the slot map, and so the primaries
+        versions = {}
+        for node in client.get_primaries():
+            info = await client.info("server", target_nodes=node)
+            versions[node.name] = str(info["redis_version"])
+        if (complaint := too_old(versions)) is not None:
             raise SettingsError(complaint)

@@ -70,7 +70,11 @@ class Lifecycle:
 
 @contextlib.asynccontextmanager
 async def run_services(services: Services) -> AsyncIterator[None]:
-    await acheck_server(services.redis)  # a cluster's primaries are Redis >= 7.0
+    try:
+        await acheck_server(services.redis)  # a cluster's primaries are Redis >= 7.0
+    except BaseException:
+        await services.redis.aclose()
+        raise
     await services.hub.start()
     services.keepalive.start()
     stop = asyncio.Event()
