@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.failover import athrough_failover, through_failover
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.scripts import TOUCH_LEASE, publish_script
@@ -104,6 +106,7 @@ class Publisher:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
+        self._cluster = settings.cluster
         self._publish = script(client, publish_script(settings.cluster))
         self._touch = script(client, TOUCH_LEASE)
 
@@ -123,14 +126,19 @@ class Publisher:
             lease_seconds=lease_seconds,
             seen=seen,
         )
+        if self._cluster:  # safe to send again: the call carries its token
+            return outcome_of(through_failover(lambda: self._publish(call.keys, call.args)))
         return outcome_of(self._publish(keys=call.keys, args=call.args))
 
     def touch_lease(self, job_id: str, attempt: int) -> float | None:
         """Extend the lease and index it for the sweeper; None once the job is over."""
         keys = self.keyspace.job(job_id)
-        deadline = lease_deadline(
-            self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
-        )
+        args = [attempt, self.settings.lease_seconds]
+
+        def touch() -> Any:
+            return self._touch([keys.state], args)
+
+        deadline = lease_deadline(through_failover(touch) if self._cluster else touch())
         if deadline is None:
             self.redis.zrem(self.keyspace.leases, job_id)
         else:
@@ -145,6 +153,7 @@ class AsyncPublisher:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
+        self._cluster = settings.cluster
         self._publish = ascript(client, publish_script(settings.cluster))
         self._touch = ascript(client, TOUCH_LEASE)
 
@@ -164,6 +173,8 @@ class AsyncPublisher:
             lease_seconds=lease_seconds,
             seen=seen,
         )
+        if self._cluster:  # safe to send again: the call carries its token
+            return outcome_of(await athrough_failover(lambda: self._publish(call.keys, call.args)))
         return outcome_of(await self._publish(keys=call.keys, args=call.args))
 
     async def report_lost(self, job_id: str, seen: SeenState) -> PublishOutcome:
@@ -175,7 +186,12 @@ class AsyncPublisher:
 
     async def touch_lease(self, job_id: str, attempt: int) -> float | None:
         keys = self.keyspace.job(job_id)
-        reply = await self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
+        args = [attempt, self.settings.lease_seconds]
+
+        def touch() -> Awaitable[Any]:
+            return self._touch([keys.state], args)
+
+        reply = await (athrough_failover(touch) if self._cluster else touch())
         deadline = lease_deadline(reply)
         if deadline is None:
             await self.redis.zrem(self.keyspace.leases, job_id)

@@ -234,6 +234,25 @@ class RedisCluster:
             views.append(sorted((s[0], s[1], int(s[2][1])) for s in slots))
         return bool(views) and all(view == views[0] for view in views)
 
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until every live replica has every write its primary took (offsets equal)."""
+        self._wait(self._replicated, timeout, "replicas caught up")
+
+    def _replicated(self) -> bool:
+        offsets: dict[str, int] = {}
+        replicas: list[tuple[str, int]] = []
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            with node.client() as client:
+                info = client.info("replication")
+            if info.get("role") == "master":
+                offsets[node.node_id] = int(info["master_repl_offset"])
+            else:
+                primary = self.node_on_port(int(info["master_port"])).node_id
+                replicas.append((primary, int(info.get("slave_repl_offset", -1))))
+        return all(offsets.get(primary) == offset for primary, offset in replicas)
+
     @staticmethod
     def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
