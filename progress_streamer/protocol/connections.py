@@ -12,6 +12,7 @@ defaults. On a cluster, `check_server`/`acheck_server` refuse primaries older th
 from __future__ import annotations
 
 from typing import Any, TypeAlias
+from urllib.parse import unquote
 
 import redis
 import redis.asyncio
@@ -43,13 +44,13 @@ def _nodes(url: str) -> list[redis.cluster.ClusterNode]:
     return [redis.cluster.ClusterNode(h, p) for h, p in cluster_seeds(url)]  # type: ignore[no-untyped-call]
 
 
-def _cluster_options(url: str) -> dict[str, Any]:
+def cluster_options(url: str) -> dict[str, Any]:
     """Credentials and TLS of a `redis+cluster://` / `rediss+cluster://` URL."""
     options: dict[str, Any] = {"ssl": url.startswith("rediss+")}
     userinfo = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
-    if userinfo:
-        user, sep, password = userinfo.partition(":")
-        options["username"] = user or None if sep else None
+    if userinfo:  # user:password, :password, or a password alone (URL-encoded)
+        user, sep, password = (unquote(part) for part in userinfo.partition(":"))
+        options["username"] = (user or None) if sep else None
         options["password"] = password if sep else user
     return options
 
@@ -80,7 +81,7 @@ def sync_client(
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
         health_check_interval=30,
-        **_cluster_options(settings.redis_url),
+        **cluster_options(settings.redis_url),
     )
     try:
         check_server(cluster)
@@ -113,7 +114,7 @@ def async_client(
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
         health_check_interval=30,
-        **_cluster_options(settings.redis_url),
+        **cluster_options(settings.redis_url),
     )
     cluster.nodes_manager.__class__ = StableNodes  # same slots, steadier refreshes
     return cluster

@@ -17,6 +17,7 @@ import redis.cluster
 from progress_streamer.protocol.connections import (
     acheck_server,
     async_client,
+    cluster_options,
     sync_client,
     too_old,
 )
@@ -166,3 +167,22 @@ async def test_a_cluster_of_redis_6_is_refused_naming_the_node_and_version(
     with pytest.raises(SettingsError, match=refusal):
         async with app.lifespan(app):
             pass
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("redis+cluster://h:1,h:2", {"ssl": False}),
+        ("rediss+cluster://h:1", {"ssl": True}),
+        (
+            "redis+cluster://app:s%40cret@h:1",
+            {"ssl": False, "username": "app", "password": "s@cret"},
+        ),
+        ("redis+cluster://:pw@h:1/0", {"ssl": False, "username": None, "password": "pw"}),
+        ("redis+cluster://pw@h:1", {"ssl": False, "username": None, "password": "pw"}),
+    ],
+)
+def test_a_cluster_url_s_credentials_and_tls_reach_the_client(
+    url: str, options: dict[str, object]
+) -> None:
+    assert cluster_options(url) == options
