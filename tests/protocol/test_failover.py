@@ -3,6 +3,7 @@ restarted, while a job publishes. The publish waits it out and is counted once."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -11,11 +12,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from progress_streamer.protocol.connections import sync_client
+from progress_streamer.protocol.connections import async_client, sync_client
 from progress_streamer.protocol.event import EventDraft, decode_event
 from progress_streamer.protocol.failover import through_failover
 from progress_streamer.protocol.keys import KeySpace
-from progress_streamer.protocol.publisher import Publisher
+from progress_streamer.protocol.publisher import AsyncPublisher, Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.redis_server import RedisServer
@@ -122,3 +123,42 @@ def test_publishers_ride_out_a_primary_restart_with_every_seq_once(
     assert final == list(range(1, 242))
     assert waited_out_a_failover(caplog)
     first.redis.close()
+
+
+def test_a_publish_after_a_manual_failover_runs_on_the_promoted_replica(
+    cluster_with_replicas: RedisCluster, redis_server: RedisServer
+) -> None:
+    """A promoted replica starts with no scripts, and redis-py's cluster client reloads a
+    script on the primaries of its stale map only: the publish still runs there."""
+    cluster = cluster_with_replicas
+    settings = settings_on(cluster, redis_server)
+    publisher = Publisher(sync_client(settings, max_connections=4), settings)
+    keyspace = KeySpace(settings.key_prefix)
+    job = uuid.uuid4().hex
+    publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    primary = cluster.owner_of_key(keyspace.job(job).state)
+    (replica,) = cluster.replicas_of(primary)
+    cluster.failover(replica)
+    outcome = publisher.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=5))
+    assert outcome.accepted and outcome.seq == 2
+    assert publisher.touch_lease(job, attempt=1) is not None
+    assert seqs(publisher.redis, keyspace, job) == [1, 2]  # type: ignore[arg-type]
+    publisher.redis.close()
+
+
+async def test_an_async_publish_after_a_manual_failover_runs_on_the_promoted_replica(
+    cluster_with_replicas: RedisCluster, redis_server: RedisServer
+) -> None:
+    cluster = cluster_with_replicas
+    settings = settings_on(cluster, redis_server)
+    publisher = AsyncPublisher(async_client(settings, max_connections=4), settings)
+    keyspace = KeySpace(settings.key_prefix)
+    job = uuid.uuid4().hex
+    await publisher.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    primary = cluster.owner_of_key(keyspace.job(job).state)
+    (replica,) = cluster.replicas_of(primary)
+    await asyncio.to_thread(cluster.failover, replica)
+    outcome = await publisher.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS))
+    assert outcome.accepted and outcome.seq == 2
+    assert await publisher.touch_lease(job, attempt=1) is not None
+    await publisher.redis.aclose()
