@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -131,14 +130,17 @@ class Publisher:
         return outcome_of(self._publish(keys=call.keys, args=call.args))
 
     def touch_lease(self, job_id: str, attempt: int) -> float | None:
-        """Extend the lease and index it for the sweeper; None once the job is over."""
+        """Extend the lease and index it for the sweeper; None once the job is over.
+        On a cluster, both steps are sent again through a failover (both are idempotent)."""
+        if self._cluster:
+            return through_failover(lambda: self._touch_lease(job_id, attempt))
+        return self._touch_lease(job_id, attempt)
+
+    def _touch_lease(self, job_id: str, attempt: int) -> float | None:
         keys = self.keyspace.job(job_id)
-        args = [attempt, self.settings.lease_seconds]
-
-        def touch() -> Any:
-            return self._touch([keys.state], args)
-
-        deadline = lease_deadline(through_failover(touch) if self._cluster else touch())
+        deadline = lease_deadline(
+            self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
+        )
         if deadline is None:
             self.redis.zrem(self.keyspace.leases, job_id)
         else:
@@ -185,13 +187,13 @@ class AsyncPublisher:
         return await self.publish(draft, condition="lost", seen=seen)
 
     async def touch_lease(self, job_id: str, attempt: int) -> float | None:
+        if self._cluster:
+            return await athrough_failover(lambda: self._touch_lease(job_id, attempt))
+        return await self._touch_lease(job_id, attempt)
+
+    async def _touch_lease(self, job_id: str, attempt: int) -> float | None:
         keys = self.keyspace.job(job_id)
-        args = [attempt, self.settings.lease_seconds]
-
-        def touch() -> Awaitable[Any]:
-            return self._touch([keys.state], args)
-
-        reply = await (athrough_failover(touch) if self._cluster else touch())
+        reply = await self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
         deadline = lease_deadline(reply)
         if deadline is None:
             await self.redis.zrem(self.keyspace.leases, job_id)
