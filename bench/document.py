@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from bench.held import held_section
 from bench.machine import machine_info
 from bench.report import Figures, Runs, fanout_tables, idle_table, summary_table
 from bench.targets import targets_table
@@ -63,10 +64,12 @@ def block(
         + ".",
         METHOD,
     ]
+    if plan.baseline:
+        parts.append(f"`baseline`: ours as of commit {plan.baseline}, in the same run.")
     for name, why in plan.skipped.items():
         parts.append(f"**Not measured: {name}** ({why}).")
     if plan.profiles:
-        parts.append("**Profiled run**: py-spy sampled ours during fan-out (costs it a little).")
+        parts.append("**Profiled run**: py-spy sampled ours as it ran (costs it a little).")
     parts += [f"Error: {e}" for e in fig.errors()]
     if "fanout" in plan.scenarios:
         parts += ["#### Summary", summary_table(fig, latency_label)]
@@ -86,8 +89,10 @@ def block(
             f"{sizes.step_seconds:g} s per rate",
             fanout_tables(fig, sizes.fanout_rates, sizes.fanout_clients, sizes.fanout_jobs),
         ]
-    for number, profile in enumerate(plan.profiles, 1):
-        parts += [f"#### Profile of ours during fan-out, run {number} (py-spy)", profile]
+    if "held" in plan.scenarios:
+        parts += held_section(fig, sizes)
+    for number, (what, profile) in enumerate(plan.profiles, 1):
+        parts += [f"#### Profile {number}: {what} (py-spy)", profile]
     if isinstance(costs, dict):
         parts += ["#### Worker cost (`python -m bench.worker_cost`)", worker_table(costs)]
     elif isinstance(costs, str):

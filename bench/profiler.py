@@ -1,4 +1,4 @@
-"""Profile hints for our server: py-spy attached during its fan-out scenario (`--profile`).
+"""Profile hints for our server: py-spy attached during fan-out and held (`--profile`).
 
 py-spy samples the server from the load core, in `raw` (collapsed stacks) format;
 `summarize()` turns the stacks into the functions that hold the most samples, by self
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
-PROJECT_CODE = (" (app/", " (workers/")
+PROJECT_CODE = (" (progress_streamer/", " (app/", " (workers/")
 
 
 def py_spy() -> str | None:

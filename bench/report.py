@@ -58,7 +58,7 @@ class Figures:
         """The servers ours is divided by: those measured, when ours was too."""
         if "ours" not in self.servers:
             return []
-        return [s for s in ("naive", "nchan") if s in self.servers]
+        return [s for s in ("naive", "nchan", "baseline") if s in self.servers]
 
     def idle(self, server: str, streams: int, key: str) -> list[Any]:
         found = []
@@ -83,6 +83,15 @@ class Figures:
             fan = run.get(server, {}).get("fanout")
             if isinstance(fan, dict) and "latency" in fan:
                 found.append(fan["latency"].get(key))
+        return found
+
+    def most_delivered(self, server: str) -> list[float | None]:
+        """Per run: the most deliveries/s of any step, however late (past the knee)."""
+        found: list[float | None] = []
+        for run in self.runs:
+            fan = run.get(server, {}).get("fanout")
+            steps = fan.get("steps", []) if isinstance(fan, dict) else []
+            found.append(max((s["delivered_per_s"] for s in steps), default=None))
         return found
 
     def sustained(self, server: str) -> list[float | None]:
@@ -143,7 +152,7 @@ def _side_by_side(
     return row
 
 
-NAMES = {"ours": "ours", "naive": "naive", "nchan": "Nchan"}
+NAMES = {"ours": "ours", "naive": "naive", "nchan": "Nchan", "baseline": "baseline"}
 
 
 def header(fig: Figures, first: list[str], ratios: bool = True) -> list[str]:
@@ -186,7 +195,7 @@ def _failures(per_run: list[dict[str, int] | None]) -> str:
 
 def _idle_values(fig: Figures, n: int, key: str, scale: float) -> dict[str, list[Any]]:
     values: dict[str, list[Any]] = {}
-    for server in ("ours", "naive", "nchan"):
+    for server in fig.servers:
         if key == "hold_delivered_pct":
             got = fig.idle(server, n, "hold_delivered")
             want = fig.idle(server, n, "hold_expected")
@@ -209,17 +218,27 @@ def fanout_tables(fig: Figures, rates: tuple[int, ...], clients: int, jobs: int)
         ]
 
     delivered = rows("delivered_per_s")
+    published = [
+        _side_by_side(fig, label(r), _PublishedShare(fig, r), 0, " %", False) for r in rates
+    ]
     lost = rows("lost", ratios=False)
     p50 = rows("p50_ms", 1)
     p99 = rows("p99_ms", 1)
     cpu = rows("cpu_us_per_delivery", 1)
+    with_redis = rows("cpu_us_per_delivery_with_redis", 1)
+    redis_per_publish = rows("redis_cpu_us_per_publish", 1, ratios=False)
     core = rows("server_cpu_pct")
+    script = rows("script_cpu_pct", 1, ratios=False)
+    per_call = rows("script_us_per_call", 1, ratios=False)
     load = [_load_row(fig, label(r), r) for r in rates]
     first = ["published (deliveries asked)"]
     return "\n\n".join(
         [
             "Deliveries per second received by the clients:",
             table(header(fig, first), delivered),
+            "Events published, % of the rate asked (under 90 %: the load side limits the step, "
+            "and two such steps in a row end the steps):",
+            table(header(fig, first), published),
             "Deliveries lost (expected minus received, after a 3 s drain):",
             table(header(fig, first), lost),
             "Latency p50, ms (publish to client read):",
@@ -228,8 +247,19 @@ def fanout_tables(fig: Figures, rates: tuple[int, ...], clients: int, jobs: int)
             table(header(fig, first), p99),
             "Server CPU per delivery, µs (server core time / deliveries):",
             table(header(fig, first), cpu),
+            "Server CPU plus Redis's CPU, per delivery, µs (both from /proc; Nchan publishes "
+            "inside its server, so its server CPU already covers what Redis does for ours):",
+            table(header(fig, first), with_redis),
             "Server core busy, % of one core:",
             table(header(fig, first), core),
+            "Redis time in the publish script, % of one core (`INFO commandstats` usec of "
+            "EVALSHA: wall time inside Redis, so at most its CPU plus any wait for the core):",
+            table(header(fig, first), script),
+            "Redis time per publish-script call, µs (the same `usec`, per call):",
+            table(header(fig, first), per_call),
+            "Redis CPU per publish, µs (/proc: the script, the PUBLISH to the hub and the "
+            "network I/O of both):",
+            table(header(fig, first), redis_per_publish),
             "Load core, % of one core: load generator + publisher + Redis (not the server):",
             table(header(fig, first, ratios=False), load),
         ]
@@ -246,6 +276,17 @@ class _StepValues:
         return self.fig.step(server, self.rate, self.key)
 
 
+class _PublishedShare:
+    """One value per run: the events published per second, as a % of the rate asked."""
+
+    def __init__(self, fig: Figures, rate: int) -> None:
+        self.fig, self.rate = fig, rate
+
+    def __call__(self, server: str) -> list[Any]:
+        per_s = self.fig.step(server, self.rate, "published_per_s")
+        return [None if p is None else 100 * p / self.rate for p in per_s]
+
+
 def _load_row(fig: Figures, label: str, rate: int) -> list[str]:
     row = [label]
     for s in fig.servers:
@@ -260,6 +301,7 @@ def _load_row(fig: Figures, label: str, rate: int) -> list[str]:
 def summary_table(fig: Figures, latency_label: str) -> str:
     rows = [
         _side_by_side(fig, "highest deliveries/s with p99 <= 50 ms, none lost", fig.sustained),
+        _side_by_side(fig, "most deliveries/s at any step (however late)", fig.most_delivered),
         _side_by_side(fig, f"{latency_label}: p50 ms", lambda s: fig.latency(s, "p50_ms"), 1),
         _side_by_side(fig, f"{latency_label}: p99 ms", lambda s: fig.latency(s, "p99_ms"), 1),
         _side_by_side(

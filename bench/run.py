@@ -2,6 +2,8 @@
 
     make bench                               # = .venv/bin/python -m bench.run
     .venv/bin/python -m bench.run --quick    # a tiny run that checks the harness
+    .venv/bin/python -m bench.run --scenarios held --servers ours --baseline main
+                                             # one scenario, ours against a commit
 
 Starts a private Redis and the load generators (pinned to core 1, with this process,
 which publishes), then for each run and scenario each server in turn (pinned to core
@@ -14,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +36,12 @@ import uvloop
 
 from bench import document
 from bench.fleet import Fleet
+from bench.held import held_streams
 from bench.machine import LOAD_CORE, load_average, pin_to, raise_open_files_limit
 from bench.nchan import Nchan, find_nchan
 from bench.profiler import Profiler, py_spy, summarize
 from bench.scenarios import FULL, QUICK, Context, Sizes, fanout, idle_capacity, make_driver
-from bench.servers import SERVERS, Backend, ServerFailed, start_server
+from bench.servers import SERVERS, Backend, ServerFailed, export_tree, start_server
 from progress_streamer.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness")
     parser.add_argument("--runs", type=int, default=None, help="runs (default 2; quick: 1)")
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help="comma-separated subset of ours,naive,nchan"
+        "--servers", default="ours,naive,nchan", help="comma-separated subset of ours,naive,nchan"
     )
-    parser.add_argument("--scenarios", default="idle,fanout", help="idle,fanout (or one)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run ours as of this commit (e.g. main), side by side with the work tree",
+    )
+    parser.add_argument(
+        "--scenarios", default="idle,fanout,held", help="idle,fanout,held (or some of them)"
+    )
     sizes = parser.add_argument_group("sizes (default: the issue's; --quick: tiny)")
     sizes.add_argument("--idle-streams", type=_ints, help="e.g. 1000,5000,10000")
     sizes.add_argument("--idle-jobs", type=int)
@@ -64,14 +77,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--step-seconds", type=float)
     sizes.add_argument("--latency-rate", type=int, help="published events/s")
     sizes.add_argument("--latency-seconds", type=float)
+    sizes.add_argument("--held-streams", type=int, help="idle streams held (held scenario)")
+    sizes.add_argument("--held-jobs", type=int)
+    sizes.add_argument("--live-clients", type=int, help="timed live streams (held scenario)")
+    sizes.add_argument("--live-jobs", type=int)
+    sizes.add_argument("--live-rate", type=int, help="published events/s (held scenario)")
+    sizes.add_argument("--held-seconds", type=float, help="seconds per step (held scenario)")
     parser.add_argument("--no-install", action="store_true", help="skip Nchan if missing")
     parser.add_argument("--worker-calls", type=int, default=None, help="worker-cost loop size")
     parser.add_argument("--no-worker-cost", action="store_true")
+    parser.add_argument("--no-group", action="store_true", help="skip bench.group")
     parser.add_argument("--docs", type=Path, default=None, help="Markdown file to write into")
     parser.add_argument("--no-docs", action="store_true", help="print only")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy on ours during fan-out (perturbs it)"
+        "--profile",
+        action="store_true",
+        help="py-spy on ours (and the baseline) during fan-out and held (perturbs them)",
     )
     return parser.parse_args(argv)
 
@@ -107,8 +129,9 @@ class Plan:
     skipped: dict[str, str]
     command: str
     load_at_start: str
+    baseline: str = ""  # the baseline's ref and commit, when measured
     profile_dir: Path | None = None
-    profiles: list[str] = dataclasses.field(default_factory=list)
+    profiles: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (what, table)
 
 
 async def run_one(
@@ -125,12 +148,14 @@ async def run_one(
     monitor = redis.asyncio.Redis.from_url(backend.redis_url)
     ctx = Context(server, driver, fleet, backend, monitor, redis_pid)
     profiler = None
-    if plan.profile_dir is not None and name == "ours" and scenario == "fanout":
-        output = plan.profile_dir / f"py-spy-ours-fanout-{prefix}.txt"
+    if plan.profile_dir is not None and name in ("ours", "baseline") and scenario != "idle":
+        output = plan.profile_dir / f"py-spy-{name}-{scenario}-{prefix}.txt"
         profiler = Profiler(server.process.pid, output)
     try:
         if scenario == "idle":
             return await idle_capacity(ctx, plan.sizes, prefix)
+        if scenario == "held":
+            return await held_streams(ctx, plan.sizes, prefix)
         return await fanout(ctx, plan.sizes, prefix)
     except Exception as exc:  # whatever went wrong, the other servers still get measured
         return {"error": f"{type(exc).__name__}: {exc}"[:500], "log": server.log_tail(800)}
@@ -138,7 +163,7 @@ async def run_one(
         if profiler is not None:
             await asyncio.to_thread(profiler.stop)
             if profiler.output.exists():
-                plan.profiles.append(summarize(profiler.output))
+                plan.profiles.append((f"{name}, {scenario}", summarize(profiler.output)))
         await fleet.close_streams()
         await driver.close()
         await monitor.aclose()
@@ -146,7 +171,8 @@ async def run_one(
 
 
 async def run_all(plan: Plan, backend: Backend, redis_pid: int) -> list[dict[str, Any]]:
-    biggest = max(max(plan.sizes.idle_streams), plan.sizes.fanout_clients)
+    sizes = plan.sizes
+    biggest = max(max(sizes.idle_streams), sizes.fanout_clients, sizes.held_streams)
     fleet = Fleet(1 + max(1, -(-biggest // STREAMS_PER_LOADGEN)))  # + the timed one
     await fleet.start()
     runs: list[dict[str, Any]] = []
@@ -187,16 +213,39 @@ def worker_cost(calls: int, publishes: int) -> dict[str, float] | str:
     return result
 
 
+def group_cost(quick: bool) -> str:
+    """bench.group's table (a group of 1,000 children), in a process of its own."""
+    sizes = ["--children", "50", "--groups", "2"] if quick else []
+    done = subprocess.run(
+        ["taskset", "-c", "0-1", sys.executable, "-m", "bench.group", *sizes],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"bench.group failed: {done.stderr.strip()[-300:]}"
+    return done.stdout.strip()
+
+
 def plan_from(args: argparse.Namespace, argv: list[str]) -> Plan:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(servers) - set(SERVERS)
     if unknown:
         raise SystemExit(f"unknown servers: {', '.join(sorted(unknown))}")
+    if args.baseline and "baseline" not in servers:
+        servers.append("baseline")
+    if "baseline" in servers and not args.baseline:
+        raise SystemExit("the baseline server needs --baseline REF")
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if unknown := set(scenarios) - {"idle", "fanout", "held"}:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return Plan(
         sizes=sizes_from(args),
         runs=args.runs or (1 if args.quick else 2),
         servers=servers,
-        scenarios=[s.strip() for s in args.scenarios.split(",") if s.strip()],
+        scenarios=scenarios,
         skipped={},
         command=" ".join(["python -m bench.run", *argv]).strip(),
         load_at_start=load_average(),
@@ -233,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     pin_to(LOAD_CORE)
     nchan = check_servers(plan, args)
     started = time.time()
-    with RedisServer() as redis_server:
+    baseline = None
+    if args.baseline:
+        baseline, plan.baseline = export_tree(args.baseline)
+    with RedisServer() as redis_server, _removed(baseline):
         # The naive design needs a Redis connection per client: let Redis take them all.
         redis_version = redis_server_config(redis_server.url, open_files)
         backend = Backend(
@@ -242,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             key_prefix="bench",
             open_files=open_files,
             nchan=nchan,
+            baseline=baseline,
         )
         assert redis_server.process is not None
         runs = uvloop.run(run_all(plan, backend, redis_server.process.pid))
@@ -250,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         calls = args.worker_calls or (20_000 if args.quick else 1_000_000)
         costs = worker_cost(calls, 200 if args.quick else 5_000)
     block = document.block(plan, runs, costs, redis_version, nchan, started)
+    if not args.no_group:
+        group = group_cost(args.quick)
+        block += f"\n\n#### One parent job for a group (`python -m bench.group`)\n\n{group}"
     print(block)
     save(args.results, plan, runs, costs, started)
     docs = args.docs or (None if args.quick else ROOT / "docs" / "benchmarks.md")
@@ -257,6 +313,16 @@ def main(argv: list[str] | None = None) -> int:
         document.write_docs(docs, block)
         print(f"written into {docs}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _removed(directory: str | None) -> Iterator[None]:
+    """Remove the baseline's exported tree at the end, whatever happened."""
+    try:
+        yield
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def redis_server_config(url: str, open_files: int) -> str:

@@ -4,7 +4,10 @@
   uvloop and the Procfile's protocol, httptools bounded), with the stream caps raised for
   a load from one address (the connection cap follows them);
 - `naive`: `bench.naive_app` under the same uvicorn options (the Procfile's protocol);
-- `nchan`: nginx with the nchan module, one worker process (`bench.nchan`).
+- `nchan`: nginx with the nchan module, one worker process (`bench.nchan`);
+- `baseline`: ours as of another commit (`--baseline REF`: its tree, exported with `git
+  archive`, comes first on the server's import path), so a change is compared with what
+  it replaces in the same run, on the same machine state.
 
 `RunningServer` reads the server's CPU time and RSS from /proc over its process tree,
 and the Redis connections it holds from its sockets; `stop()` always waits for it.
@@ -36,8 +39,13 @@ from bench.nchan import Nchan, nginx_command, write_conf
 from progress_streamer.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("ours", "naive", "nchan")
-LABELS = {"ours": "ours", "naive": "naive (sse-starlette, 1 Redis conn/client)", "nchan": "Nchan"}
+SERVERS = ("ours", "naive", "nchan", "baseline")
+LABELS = {
+    "ours": "ours",
+    "naive": "naive (sse-starlette, 1 Redis conn/client)",
+    "nchan": "Nchan",
+    "baseline": "ours at the baseline commit",
+}
 
 
 class ServerFailed(RuntimeError):
@@ -53,6 +61,7 @@ class Backend:
     key_prefix: str
     open_files: int
     nchan: Nchan | None
+    baseline: str | None = None  # the exported tree of the baseline commit
 
 
 class RunningServer:
@@ -105,7 +114,11 @@ def command_for(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Later options win with uvicorn's CLI: loopback only, and a backlog for 10,000 clients.
     overrides = ["--host", "127.0.0.1", "--port", str(port), "--backlog", "4096"]
-    if name == "ours":
+    if name in ("ours", "baseline"):
+        if name == "baseline":
+            assert backend.baseline is not None
+            env["PYTHONPATH"] = backend.baseline  # before this tree's editable install
+            overrides += ["--app-dir", backend.baseline]
         env.update(
             REDIS_URL=backend.redis_url,
             PORT=str(port),
@@ -127,6 +140,22 @@ def command_for(
         conf = write_conf(backend.nchan, directory, port, backend.open_files)
         return nginx_command(backend.nchan, directory, conf), env
     raise ValueError(f"unknown server {name!r}")
+
+
+def export_tree(ref: str) -> tuple[str, str]:
+    """The files of commit `ref` in a new temporary directory (the caller removes it),
+    and `ref (commit)` to name it in the report."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", f"{ref}^{{commit}}"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if found.returncode != 0:
+        raise SystemExit(f"--baseline {ref}: {found.stderr.strip()}")
+    commit = found.stdout.strip()
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True)
+    directory = tempfile.mkdtemp(prefix="bench-baseline-")
+    subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
+    return directory, f"{ref} ({commit})"
 
 
 def start_server(name: str, backend: Backend, timeout: float = 30.0) -> RunningServer:

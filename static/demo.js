@@ -14,7 +14,8 @@ const STORE = "progress-demo:jobs";
 const KEY_STORE = "progress-demo:api-key";
 const $ = (selector) => document.querySelector(selector);
 
-/** jobId -> what we persist: {jobId, token, task, runner, created, last, percent, end}. */
+/** jobId -> what we persist: {jobId, token, task, runner, created, last, percent, end}; a
+ * group's parent also has `childIds`, each child `parentId` (it uses the parent's token). */
 const jobs = new Map();
 /** jobId -> {card, view, cancel}: the DOM, never persisted. */
 const cards = new Map();
@@ -80,10 +81,25 @@ function showAlert(text) {
 
 // --- cards ------------------------------------------------------------------------------
 
-const TASK_NAMES = { "demo.report": "Report", "demo.fail": "Failing job" };
+const TASK_NAMES = { "demo.report": "Report", "demo.fail": "Failing job", group: "Group of reports" };
+const COUNT_NAMES = ["running", "succeeded", "failed", "revoked", "pending"];
+
+/** "3 running · 2 succeeded · 3 pending": a parent's `children` counts, the zeros left out. */
+const countsText = (c) => COUNT_NAMES.filter((k) => c[k]).map((k) => `${c[k]} ${k}`).join(" · ");
+
+/** A group's card gets its children's counts and an expandable list for their cards. */
+function renderGroupParts(job, card) {
+  const counts = make("p", "children-counts", card);
+  counts.textContent = `${job.childIds.length} pending`;
+  const details = make("details", "children", card);
+  make("summary", null, details).textContent = `Children (${job.childIds.length})`;
+  make("ul", "child-jobs", details);
+}
 
 function renderCard(job) {
-  const card = make("li", "job");
+  const parent = job.parentId ? cards.get(job.parentId) : null;
+  if (job.parentId && !parent) return; // a child whose group card is gone
+  const card = make("li", parent ? "job child" : "job");
   Object.assign(card.dataset, { jobId: job.jobId, task: job.task, runner: job.runner, status: "pending" });
   const head = make("div", "job-head", card);
   make("span", "task", head).textContent = TASK_NAMES[job.task] ?? job.task;
@@ -106,8 +122,11 @@ function renderCard(job) {
   cancel.type = "button";
   cancel.textContent = "Cancel";
   cancel.addEventListener("click", () => cancelJob(job, cancel));
+  if (job.childIds) renderGroupParts(job, card);
+  if (parent) cancel.remove(); // cancel the group as a whole
   cards.set(job.jobId, { card, view, cancel });
-  $("#jobs").prepend(card); // newest first
+  if (parent) parent.card.querySelector(".child-jobs").append(card); // in the group's order
+  else $("#jobs").prepend(card); // newest first
   $("#empty").hidden = true;
   show(job);
 }
@@ -121,6 +140,7 @@ function show(job) {
     const { last, percent } = job;
     view.update(last.percent == null && percent != null && last.status !== "success" ? { ...last, percent } : last);
     card.dataset.status = job.last.status;
+    if (last.children) card.querySelector(".children-counts").textContent = countsText(last.children);
   }
   if (job.end?.reason) {
     view.end({ status: null, reason: job.end.reason });
@@ -196,6 +216,27 @@ function rewatch() {
 
 // --- buttons ----------------------------------------------------------------------------
 
+/** Starts a group of `count` reports: one parent job and its children, each shown. */
+async function startGroup(params, count) {
+  const runner = $("#runner").value;
+  const key = $("#api-key").value.trim() || null;
+  const body = { group: Array.from({ length: count }, () => ({ task: "demo.report", params })), runner };
+  const r = await api("POST", "api/v1/jobs", { token: key, body });
+  if (!(r.status >= 200 && r.status < 300 && r.data?.job_id)) return showAlert(`Could not start the group: ${describe(r)}`);
+  const token = r.data.token ?? null;
+  const common = { token, runner, created: Date.now(), last: null, end: null };
+  const parent = { ...common, jobId: r.data.job_id, task: "group", childIds: r.data.children.map((c) => c.job_id) };
+  jobs.set(parent.jobId, parent);
+  renderCard(parent);
+  for (const jobId of parent.childIds) {
+    const child = { ...common, jobId, task: "demo.report", parentId: parent.jobId };
+    jobs.set(jobId, child);
+    renderCard(child);
+  }
+  save();
+  rewatch();
+}
+
 async function start(task, params, count = 1) {
   const runner = $("#runner").value;
   const key = $("#api-key").value.trim() || null;
@@ -218,10 +259,13 @@ async function start(task, params, count = 1) {
 }
 
 function clearFinished() {
-  for (const job of [...jobs.values()].filter(finished)) {
-    cards.get(job.jobId).card.remove();
-    cards.delete(job.jobId);
-    jobs.delete(job.jobId);
+  // Top-level cards only: a group's children go with it, never before it.
+  for (const job of [...jobs.values()].filter((j) => finished(j) && !j.parentId)) {
+    for (const id of [job.jobId, ...(job.childIds ?? [])]) {
+      cards.get(id)?.card.remove();
+      cards.delete(id);
+      jobs.delete(id);
+    }
   }
   $("#empty").hidden = jobs.size > 0;
   save();
@@ -240,6 +284,7 @@ function init() {
   $("#start-report").addEventListener("click", () => start("demo.report", report()));
   $("#start-fail").addEventListener("click", () => start("demo.fail", failing()));
   $("#start-ten").addEventListener("click", () => start("demo.report", report(), 10));
+  $("#start-group").addEventListener("click", () => startGroup(report(), 8));
   $("#clear").addEventListener("click", clearFinished);
   $("#alert .dismiss").addEventListener("click", () => { $("#alert").hidden = true; });
   const key = $("#api-key");

@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from progress_streamer.celery import ProgressTask, install
+from progress_streamer.celery.chord_backend import chord_backend_url
 from progress_streamer.protocol import Settings
 
 TASK_MODULES = ("workers.tasks.celery_demo",)
@@ -21,8 +22,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        # Our Redis state is the source of truth for a job: no result backend.
-        "result_backend": None,
+        # Our Redis state is the source of truth for a job. The result backend serves
+        # chords alone (Celery counts a chord's header there; results are ignored).
+        "result_backend": chord_backend(settings),
         "task_ignore_result": True,
         "task_serializer": "json",
         "result_serializer": "json",
@@ -31,6 +33,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": True,
     }
+
+
+def chord_backend(settings: Settings) -> str | None:
+    """The broker's Redis as the result backend Celery's chords need (one that follows no
+    results: progress_streamer/celery/chord_backend.py); None when the broker is not Redis
+    (then `POST /api/v1/jobs` chords fail to send)."""
+    url = settings.broker_url
+    return chord_backend_url(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
 def create_celery_app(settings: Settings | None = None, *, set_as_current: bool = True) -> Celery:

@@ -18,16 +18,17 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.jobs import Job, ResultNotFound
+from arq.jobs import Job
 from arq.jobs import JobStatus as ArqStatus
 
-from progress_streamer.arq.worker_settings import queue_name_of
+from progress_streamer.arq.worker_settings import abort_jobs, queue_name_of
 from progress_streamer.protocol.connections import AsyncRedis, async_client, queue_pool
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.family import ChildPlan, FamilyKind, FamilyPlan, arecord_family
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.outcome import error_info, error_of
 from progress_streamer.protocol.publisher import AsyncPublisher, PublishOutcome
-from progress_streamer.protocol.runner import JobRunner, QueueStatus
+from progress_streamer.protocol.runner import ChildJob, JobRunner, QueueStatus, UnsupportedFamily
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
@@ -99,6 +100,22 @@ class ArqRunner(JobRunner):
     def enqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
         """Publish `pending`, then put the job on ARQ's queue. Not from an event loop."""
         self._run_once(lambda pool, publisher: self._enqueue(pool, publisher, job_id, task, params))
+
+    def enqueue_family(
+        self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool
+    ) -> None:
+        """A group: record the parent, then enqueue every child. Chains and chords are
+        refused (`UnsupportedFamily`): ARQ has no canvas, and this is no workflow engine."""
+        if kind != FamilyKind.GROUP:
+            raise UnsupportedFamily(
+                f"the ARQ runner runs groups only, not a {kind}: ARQ has no canvas to run "
+                'one task after another; send it with "runner": "celery"'
+            )
+        self._run_once(
+            lambda pool, publisher: self._enqueue_group(
+                pool, publisher, parent_id, children, fail_fast
+            )
+        )
 
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` (refused when already terminal: then nothing else), then abort."""
@@ -217,16 +234,13 @@ class ArqRunner(JobRunner):
     # --- the work, on a given connection pool ---
 
     async def _enqueue(
-        self,
-        pool: ArqRedis,
-        publisher: AsyncPublisher,
-        job_id: str,
-        task: str,
-        params: dict[str, Any],
-    ) -> None:
-        outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.PENDING))
-        if not outcome.accepted:
-            raise EnqueueRefused(f"job {job_id} already exists ({outcome.reason})")
+        self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str, task: str,
+        params: dict[str, Any], *, pending_published: bool = False,
+    ) -> None:  # fmt: skip
+        if not pending_published:
+            outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.PENDING))
+            if not outcome.accepted:
+                raise EnqueueRefused(f"job {job_id} already exists ({outcome.reason})")
         try:
             # Indexed before the job exists in ARQ's queue, so no worker can finish it unseen.
             seconds, micros = await pool.time()
@@ -244,22 +258,49 @@ class ArqRunner(JobRunner):
             )
             raise
 
+    async def _enqueue_group(
+        self,
+        pool: ArqRedis,
+        publisher: AsyncPublisher,
+        parent_id: str,
+        children: list[ChildJob],
+        fail_fast: bool,
+    ) -> None:
+        plan = FamilyPlan(
+            parent_id=parent_id,
+            kind=FamilyKind.GROUP,
+            children=tuple(ChildPlan(job_id=c.job_id, name=c.task) for c in children),
+            fail_fast=fail_fast,
+            runner="arq",
+        )
+        await arecord_family(publisher, plan)
+        for index, child in enumerate(children):  # their `pending` is recorded with the family
+            try:
+                await self._enqueue(pool, publisher, child.job_id, child.task, child.params,
+                                    pending_published=True)  # fmt: skip
+            except Exception as exc:  # this one failed (and says so): so do those not sent
+                error = error_of(exc)
+                for unsent in children[index + 1 :]:
+                    draft = EventDraft(job_id=unsent.job_id, status=JobStatus.FAILURE, error=error)
+                    await _quietly(publisher.publish(draft))
+                raise
+
     async def _cancel(
         self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str
     ) -> PublishOutcome:
+        if await publisher.redis.exists(self.keyspace.family(job_id)):  # a parent: one by one
+            publisher.families.revoke_tasks = lambda ids: self._abort_all(pool, ids)
+            return await publisher.families.cancel(job_id)
         outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.REVOKED))
         if outcome.accepted:
             await self._abort(pool, job_id)
         return outcome
 
+    async def _abort_all(self, pool: ArqRedis, job_ids: list[str]) -> None:
+        await abort_jobs(pool, self.queue_name, job_ids)
+
     async def _abort(self, pool: ArqRedis, job_id: str) -> None:
-        """Ask ARQ to abort (a running job is cancelled at the worker's next poll; a
-        queued one is dropped when picked), without waiting for the outcome."""
-        job = Job(job_id, pool, _queue_name=self.queue_name)
-        try:
-            await job.abort(timeout=0, poll_delay=0)
-        except (TimeoutError, ResultNotFound):
-            pass
+        await abort_jobs(pool, self.queue_name, [job_id])
 
     async def _shared_pool(self) -> ArqRedis:
         if self._pool is None:

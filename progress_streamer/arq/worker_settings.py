@@ -24,7 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job, ResultNotFound
 from arq.utils import to_seconds
 from arq.worker import Function, Retry, func
 
@@ -48,6 +49,16 @@ MARKER = "progress_streaming"  # set on the `on_startup` hook of rewritten setti
 # running job at most (ARQ's `max_jobs` defaults to 10) plus the lease heartbeats.
 PUBLISHER_POOL_SIZE = 32
 _ARQ_DEFAULTS = {"job_timeout": 300.0, "max_tries": 5, "retry_jobs": True}
+
+
+async def abort_jobs(pool: ArqRedis, queue_name: str, job_ids: list[str]) -> None:
+    """Ask ARQ to abort each job (a running one is cancelled at the worker's next poll; a
+    queued one is dropped when picked), without waiting for the outcome."""
+    for job_id in job_ids:
+        try:
+            await Job(job_id, pool, _queue_name=queue_name).abort(timeout=0, poll_delay=0)
+        except (TimeoutError, ResultNotFound):
+            pass
 
 
 def queue_name_of(settings: Settings) -> str:
@@ -123,7 +134,11 @@ def _starter(settings: Settings | None) -> Hook:
         resolved = settings or Settings.from_env()
         client = async_client(resolved, max_connections=PUBLISHER_POOL_SIZE)
         await acheck_server(client)  # a cluster's primaries are Redis >= 7.0
-        ctx[PUBLISHER] = AsyncPublisher(client, resolved)
+        publisher = AsyncPublisher(client, resolved)
+        # A parent's end revokes the unfinished children (fail_fast): abort the running ones.
+        pool, queue = ctx["redis"], queue_name_of(resolved)
+        publisher.families.revoke_tasks = lambda ids: abort_jobs(pool, queue, ids)
+        ctx[PUBLISHER] = publisher
 
     return start_publisher
 
@@ -131,6 +146,7 @@ def _starter(settings: Settings | None) -> Hook:
 async def _close_publisher(ctx: dict[Any, Any]) -> None:
     publisher = ctx.pop(PUBLISHER, None)
     if publisher is not None:
+        publisher.families.close()
         await publisher.redis.aclose()
 
 

@@ -13,13 +13,16 @@ from typing import Any
 
 from celery import Celery
 
+from progress_streamer.celery.canvas import canvas_of, start
+from progress_streamer.celery.chord_backend import chord_backend_url
 from progress_streamer.celery.installer import install
 from progress_streamer.celery.runtime import runtime
 from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.family import FamilyKind
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
-from progress_streamer.protocol.runner import JobRunner
+from progress_streamer.protocol.runner import ChildJob, JobRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
@@ -39,13 +42,25 @@ class CeleryRunner(JobRunner):
         # Called from the web app's worker threads (anyio's default limit: 40).
         self._client = sync_client(settings, max_connections=RUNNER_POOL_SIZE)
         self._publisher = Publisher(self._client, settings)
+        self._publisher.families.revoke_tasks = self._revoke
         # The signal handlers of this process publish `pending` with our settings.
         install(self.app, settings=settings)
 
     def enqueue(self, job_id: str, task: str, params: Mapping[str, Any]) -> None:
         """Send `task` by name with the job id as its task id; `pending` comes first."""
         self.keyspace.job(job_id)  # validates the id
-        self.app.send_task(task, kwargs=dict(params), task_id=job_id)
+        # ignore_result: with a result backend (chords need one) Celery would otherwise
+        # subscribe this process to every sent task's result, for good.
+        self.app.send_task(task, kwargs=dict(params), task_id=job_id, ignore_result=True)
+
+    def enqueue_family(
+        self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool
+    ) -> None:
+        """Record the parent and send its children as a Celery group, chain or chord."""
+        members = [(c.job_id, c.task, dict(c.params)) for c in children]
+        canvas = canvas_of(self.app, FamilyKind(kind), members)
+        start(canvas, fail_fast=fail_fast, parent_id=parent_id, publisher=self._publisher,
+              runner="celery")  # fmt: skip
 
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` first; if accepted, revoke the task (terminating it if it runs).
@@ -56,6 +71,8 @@ class CeleryRunner(JobRunner):
         keys = self.keyspace.job(job_id)
         if not self._client.exists(keys.state):
             return PublishOutcome(accepted=False, seq=0, reason="not_found")
+        if self._client.exists(self.keyspace.family(job_id)):
+            return self._publisher.families.cancel(job_id)
         draft = EventDraft(job_id=job_id, status=JobStatus.REVOKED, message="cancelled")
         outcome = self._publisher.publish(draft)
         if not outcome.accepted:
@@ -69,7 +86,12 @@ class CeleryRunner(JobRunner):
             log.warning("job %s: revoked, but the broadcast to workers failed: %s", job_id, exc)
         return outcome
 
+    def _revoke(self, job_ids: list[str]) -> None:
+        """Stop the tasks of revoked children (a running one gets SIGTERM)."""
+        self.app.control.revoke(job_ids, terminate=True, signal="SIGTERM")
+
     def close(self) -> None:
+        self._publisher.families.close()
         self._client.close()
         runtime.close()
         if self._own_app:
@@ -79,6 +101,8 @@ class CeleryRunner(JobRunner):
 def sender_app(settings: Settings) -> Celery:
     """A Celery app that only sends by name, on the broker of `settings`, in JSON."""
     app = Celery("progress_streamer", broker=settings.broker_url, set_as_current=False)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        app.conf.result_backend = chord_backend_url(settings.broker_url)  # chords need one
     app.conf.update(
         broker_connection_retry_on_startup=True,
         task_serializer="json",

@@ -66,6 +66,7 @@ class WorkerRuntime:
             if self._publisher is None:
                 self._client = sync_client(self.settings, max_connections=POOL_SIZE)
                 self._publisher = Publisher(self._client, self.settings)
+                self._publisher.families.revoke_tasks = revoke_tasks
             return self._publisher
 
     @property
@@ -200,6 +201,14 @@ class RunningAttempt:
                 raise
             log.warning("job %s: progress data dropped: %s", self.job_id, exc)
             return self.publish(dataclasses.replace(draft, data=None))
+
+
+def revoke_tasks(job_ids: list[str]) -> None:
+    """Stop the running tasks of children a parent's end revoked (in a worker: the app
+    that runs this task; elsewhere: the current app)."""
+    from celery import current_app
+
+    current_app.control.revoke(job_ids, terminate=True, signal="SIGTERM")
 
 
 runtime = WorkerRuntime()

@@ -37,6 +37,16 @@ def time_left(seconds: float | None) -> str:
     return f"about {seconds / 3600:.1f} h left"
 
 
+COUNTS = ("running", "succeeded", "failed", "revoked", "pending")
+
+
+def children_text(counts: dict[str, int] | None) -> str:
+    """A parent job's children, the zeros left out: "3 running, 2 succeeded, 3 pending"."""
+    if not counts:
+        return ""
+    return ", ".join(f"{counts[k]} {k}" for k in COUNTS if counts.get(k))
+
+
 def describe(event: ProgressEvent) -> str:
     """One human line: status, percent or count, step, message, rate, time left."""
     parts = [event.status.value]
@@ -45,6 +55,7 @@ def describe(event: ProgressEvent) -> str:
     if event.current is not None:
         parts.append(f"{event.current}/{event.total}" if event.total else f"{event.current}")
     parts += [p for p in (event.step, event.message, event.log and f"log: {event.log}") if p]
+    parts.append(children_text(event.children))
     if event.rate is not None and event.rate > 0:
         parts.append(f"{event.rate:.3g}/s")
     parts.append(time_left(event.eta_seconds))
@@ -106,7 +117,7 @@ class Bar:
             self.bar.n = 100
         self.bar.set_description_str(event.step or event.status.value, refresh=False)
         rate = f"{event.rate:.3g}/s" if event.rate is not None and event.rate > 0 else ""
-        extra = [event.message, rate, time_left(event.eta_seconds)]
+        extra = [event.message, children_text(event.children), rate, time_left(event.eta_seconds)]
         self.bar.set_postfix_str(" · ".join(p for p in extra if p), refresh=False)
         self.bar.refresh()
 

@@ -13,6 +13,14 @@ from progress_streamer.protocol.event import (
     ProgressEvent,
     decode_event,
 )
+from progress_streamer.protocol.family import (
+    ChildPlan,
+    FamilyKind,
+    FamilyPlan,
+    InvalidFamily,
+    arecord_family,
+    record_family,
+)
 from progress_streamer.protocol.files import FileTooLarge
 from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.keys import InvalidJobId, KeySpace, is_valid_job_id
@@ -23,11 +31,15 @@ from progress_streamer.protocol.status import TERMINAL, JobStatus
 __all__ = [
     "TERMINAL",
     "AsyncPublisher",
+    "ChildPlan",
     "ErrorInfo",
     "EventDraft",
     "EventNotSerializable",
     "EventTooLarge",
+    "FamilyKind",
+    "FamilyPlan",
     "FileTooLarge",
+    "InvalidFamily",
     "InvalidJobId",
     "JobStatus",
     "KeySpace",
@@ -38,8 +50,10 @@ __all__ = [
     "SeenState",
     "Settings",
     "SettingsError",
+    "arecord_family",
     "async_client",
     "decode_event",
     "is_valid_job_id",
+    "record_family",
     "sync_client",
 ]

@@ -40,7 +40,7 @@ class Report(NamedTuple):
 
 
 PROGRESS_FIELDS: tuple[str, ...] = Report._fields[:5]
-OPTIONAL_FIELDS = ("rate", "eta_seconds", "log")  # in an event's JSON only when set
+OPTIONAL_FIELDS = ("rate", "eta_seconds", "log", "children")  # in an event's JSON only when set
 
 
 class MalformedEvent(ValueError):
@@ -86,6 +86,7 @@ class EventDraft:
     rate: float | None = None  # units (of `current`, else percent) per second
     eta_seconds: float | None = None
     log: str | None = None
+    children: dict[str, int] | None = None  # a parent job's counts (protocol/family.py)
 
     def encode(self, max_bytes: int) -> tuple[bytes, bytes]:
         """The JSON's two halves, around where the script puts `"seq":N,"epoch":E,"attempt":A,`.
@@ -197,6 +198,7 @@ class ProgressEvent:
     rate: float | None = None
     eta_seconds: float | None = None
     log: str | None = None
+    children: dict[str, int] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -259,6 +261,7 @@ def _from_dict(obj: dict[str, Any], raw: bytes) -> ProgressEvent:
         rate=_number_or_none(obj.get("rate")),
         eta_seconds=_number_or_none(obj.get("eta_seconds")),
         log=_opt(obj.get("log"), str),
+        children=_opt(obj.get("children"), dict),
     )
 
 

@@ -25,6 +25,7 @@ class StateField(StrEnum):
     LEASE = "lease"  #: the running attempt's lease deadline, Redis time
     EVENT = "event"  #: the snapshot: the last event's JSON
     RUNNER = "runner"  #: which runner enqueued the job (for DELETE)
+    PARENT = "parent"  #: the job's parent job, when it is a child (protocol/family.py)
 
 
 class FileField(StrEnum):
@@ -80,6 +81,17 @@ class KeySpace:
     def leases(self) -> str:
         """Sorted set of running jobs by lease deadline: the sweeper's index."""
         return f"{self.prefix}:leases"
+
+    def family(self, parent_id: str) -> str:
+        """A parent job's family hash: its children, counts and their latest percents
+        (protocol/family.py), in the parent's hash tag (its slot)."""
+        return f"{self.job(parent_id).state.removesuffix(':state')}:family"
+
+    @property
+    def families(self) -> str:
+        """Sorted set of unfinished parent jobs by next check time: the family sweeper's
+        index (protocol/family_sweeper.py)."""
+        return f"{self.prefix}:families"
 
     def arq_pending(self, queue_name: str) -> str:
         """Sorted set of the jobs the web app put on an ARQ queue and that have not started

@@ -3,7 +3,9 @@
 `Publisher` (sync, for Celery tasks) and `AsyncPublisher` (asyncio, for ARQ and the web
 app's own writes such as `pending` and `revoked`) share `publish_call`, the one place
 that turns a draft into the script's keys and arguments. redis-py's registered scripts
-run EVALSHA and reload the script when Redis lost its script cache.
+run EVALSHA and reload the script when Redis lost its script cache. An accepted event of
+a child job then updates its parent job (`families`, protocol/family_update.py): a
+second script call, in the parent's slot.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.failover import athrough_failover, through_failover
+from progress_streamer.protocol.family_update import AsyncFamilyDriver, ChildUpdate, FamilyDriver
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.scripts import TOUCH_LEASE, publish_script
@@ -31,6 +34,7 @@ class PublishOutcome:
     attempt: int = 0
     reason: str | None = None  # 'terminal', 'illegal_transition', 'state_lost', ...
     epoch: int = 0  # when accepted: the incarnation of the job's state it went into
+    parent: str | None = None  # when accepted: the job's parent job, if it is a child
 
     @property
     def seen(self) -> SeenState | None:
@@ -87,8 +91,13 @@ def publish_call(
 
 def outcome_of(reply: list[Any]) -> PublishOutcome:
     if int(reply[0]) == 1:
+        parent = reply[4] if len(reply) > 4 else b""
         return PublishOutcome(
-            accepted=True, seq=int(reply[1]), attempt=int(reply[2]), epoch=int(reply[3])
+            accepted=True,
+            seq=int(reply[1]),
+            attempt=int(reply[2]),
+            epoch=int(reply[3]),
+            parent=(parent.decode() if isinstance(parent, bytes) else str(parent)) or None,
         )
     reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
     return PublishOutcome(accepted=False, seq=int(reply[2]), reason=reason)
@@ -108,6 +117,7 @@ class Publisher:
         self._cluster = settings.cluster
         self._publish = script(client, publish_script(settings.cluster))
         self._touch = script(client, TOUCH_LEASE)
+        self.families = FamilyDriver(self)  # a child's accepted event updates its parent
 
     def publish(
         self,
@@ -126,8 +136,13 @@ class Publisher:
             seen=seen,
         )
         if self._cluster:  # safe to send again: the call carries its token
-            return outcome_of(through_failover(lambda: self._publish(call.keys, call.args)))
-        return outcome_of(self._publish(keys=call.keys, args=call.args))
+            reply = through_failover(lambda: self._publish(call.keys, call.args))
+        else:
+            reply = self._publish(keys=call.keys, args=call.args)
+        outcome = outcome_of(reply)
+        if outcome.parent is not None:
+            self.families.child_published(outcome.parent, ChildUpdate.of_draft(draft, outcome.seq))
+        return outcome
 
     def touch_lease(self, job_id: str, attempt: int) -> float | None:
         """Extend the lease and index it for the sweeper; None once the job is over.
@@ -158,6 +173,7 @@ class AsyncPublisher:
         self._cluster = settings.cluster
         self._publish = ascript(client, publish_script(settings.cluster))
         self._touch = ascript(client, TOUCH_LEASE)
+        self.families = AsyncFamilyDriver(self)  # a child's accepted event updates its parent
 
     async def publish(
         self,
@@ -176,8 +192,14 @@ class AsyncPublisher:
             seen=seen,
         )
         if self._cluster:  # safe to send again: the call carries its token
-            return outcome_of(await athrough_failover(lambda: self._publish(call.keys, call.args)))
-        return outcome_of(await self._publish(keys=call.keys, args=call.args))
+            reply = await athrough_failover(lambda: self._publish(call.keys, call.args))
+        else:
+            reply = await self._publish(keys=call.keys, args=call.args)
+        outcome = outcome_of(reply)
+        if outcome.parent is not None:
+            update = ChildUpdate.of_draft(draft, outcome.seq)
+            await self.families.child_published(outcome.parent, update)
+        return outcome
 
     async def report_lost(self, job_id: str, seen: SeenState) -> PublishOutcome:
         """A stream's report that the job's state it saw is gone (the loss wins): marks

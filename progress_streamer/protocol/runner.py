@@ -29,6 +29,19 @@ class QueueStatus:
     error: ErrorInfo | None = None
 
 
+class UnsupportedFamily(ValueError):
+    """A runner that cannot run this kind of parent job (ARQ: chains and chords)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildJob:
+    """One child of a parent job sent by the web app: its id, task name and parameters."""
+
+    job_id: str
+    task: str
+    params: dict[str, Any]
+
+
 class JobRunner(Protocol):
     """Enqueues and cancels jobs of one queue system; see the module docstring."""
 
@@ -36,11 +49,20 @@ class JobRunner(Protocol):
         """Send `task` by name with `job_id` as its id; `pending` is published first."""
         ...
 
+    def enqueue_family(
+        self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool
+    ) -> None:
+        """Record the parent job `parent_id` with its children (`protocol/family.py`), then
+        send them as a `kind` ('group', 'chain', 'chord': the callback is the last child).
+        Default: `UnsupportedFamily` (the route answers 422 with its message)."""
+        raise UnsupportedFamily(f"this runner runs no {kind}s")
+
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` through the publish script, then revoke the task.
 
         Refused with reason `terminal` (already finished) or `not_found` (no such job);
-        the route answers 409 for either, having answered 404 for an unknown job."""
+        the route answers 409 for either, having answered 404 for an unknown job. A
+        parent job: each unfinished child gets `revoked` first (`FamilyDriver.cancel`)."""
         ...
 
     async def queue_status(self, job_id: str) -> QueueStatus | None:
@@ -62,7 +84,15 @@ class JobRunner(Protocol):
         return None
 
 
-RUNNER_METHODS = ("enqueue", "cancel", "queue_status", "run_settler", "aclose", "close")
+RUNNER_METHODS = (
+    "enqueue",
+    "cancel",
+    "queue_status",
+    "run_settler",
+    "aclose",
+    "close",
+    "enqueue_family",
+)
 
 
 def check_runner(name: str, runner: object) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 
 # Publish one event.
-# KEYS[1] state hash (seq, status, attempt, percent, lease, epoch, event, lost)
+# KEYS[1] state hash (seq, status, attempt, percent, lease, epoch, event, lost, parent)
 # KEYS[2] history list, KEYS[3] attached-file hash, KEYS[4] the job's pub/sub channel
 # ARGV[1] JSON head `{"job_id":"<id>",`   ARGV[2] JSON tail `"status":...}`
 # ARGV[3] status   ARGV[4] attempt ('' = the job's current one; for `started`, a minimum)
@@ -23,8 +23,10 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 #   resend; publisher.py sends one on a cluster): the state's field `tokens` keeps
 #   the last four accepted tokens with their answers ("<token> <seq> <attempt> <epoch>;"),
 #   so a publish sent again (a client's retry across a failover or a lost reply) gets
-#   its first answer back and never bumps `seq` or `attempt` twice.
-# Returns {1, seq, attempt, epoch} when accepted, {0, reason, seq} when refused.
+#   its first answer back (and the parent, so the caller updates it then) and never
+#   bumps `seq` or `attempt` twice.
+# Returns {1, seq, attempt, epoch, parent} when accepted (parent: the state's `parent`
+# field, the job's parent job id, '' = none: family_update.py), {0, reason, seq} when refused.
 # The last call publishes on the job's channel: PUBLISH on one Redis, SPUBLISH (sharded
 # pub/sub, Redis >= 7) on a cluster: `publish_script(cluster)`.
 # The loss wins (protocol/incarnation.py): when the state the publisher saw is gone, or a
@@ -33,15 +35,15 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 # (field `lost`: the highest seq known lost), so it answers 404 until published again.
 PUBLISH_TEMPLATE = r"""
 local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease',
-                      'epoch', 'lost')
-local token = ARGV[12]
+                      'epoch', 'lost', 'parent')
+local token = ARGV[12] or ''  -- none from the family script's embedded call
 local tokens = false
 if token ~= '' then
   tokens = redis.call('HGET', KEYS[1], 'tokens')
   local at = tokens and string.find(tokens, token .. ' ', 1, true)
   if at then
     local s, a, e = string.match(tokens, '^(%d+) (%d+) (%d+);', at + #token + 1)
-    return {1, tonumber(s), tonumber(a), e}
+    return {1, tonumber(s), tonumber(a), e, st[8] or ''}
   end
 end
 local seq = tonumber(st[1]) or 0
@@ -128,7 +130,7 @@ if token ~= '' then
   local kept = token .. ' ' .. seq .. ' ' .. attempt .. ' ' .. epoch .. ';' .. (tokens or '')
   redis.call('HSET', KEYS[1], 'tokens', string.match(kept, '^[^;]*;[^;]*;[^;]*;[^;]*;') or kept)
 end
-return {1, seq, attempt, epoch}
+return {1, seq, attempt, epoch, st[8] or ''}
 """
 _PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix())
 PUBLISH = _PUBLISH.replace("__PUBLISH__", "PUBLISH")  # one Redis (the embedded 6.2 too)

@@ -177,6 +177,7 @@ class Settings:
     post_burst: int = 30
     max_watches_per_client: int = 1000
     log_lines_per_second: int = 20
+    max_children: int = 1000  # children of one parent job (a group, chain or chord)
     max_header_bytes: int = 16384  # a request line and its headers, together
     request_timeout: float = 10.0  # seconds a request has to arrive whole
     max_connections: int | None = None  # None: max_streams + CONNECTION_HEADROOM
@@ -314,6 +315,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROGRESS_POST_BURST": ("post_burst", _int(1)),
     "PROGRESS_MAX_WATCHES_PER_CLIENT": ("max_watches_per_client", _int(1)),
     "PROGRESS_LOG_LINES_PER_SECOND": ("log_lines_per_second", _int(1)),
+    "PROGRESS_MAX_CHILDREN": ("max_children", _int(1, 100_000)),
     "PROGRESS_TRUSTED_PROXIES": ("trusted_proxies", _proxies),
     "PROGRESS_MAX_HEADER_BYTES": ("max_header_bytes", _int(1024)),
     "PROGRESS_REQUEST_TIMEOUT": ("request_timeout", _float(0.1)),

@@ -3,7 +3,8 @@
 Every web process runs one (`LeaseSweeper.run` in the app's lifespan). It reads the
 sorted set of running jobs by lease deadline (`KeySpace.leases`, kept by the workers'
 heartbeats) and publishes through the publish script with `condition='lease_expired'`,
-so a lease extended meanwhile wins, and of several sweepers the first one wins.
+so a lease extended meanwhile wins, and of several sweepers the first one wins. Each
+pass also checks the parent jobs that are due (`family_sweeper.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import redis
 
 from progress_streamer.protocol.connections import AsyncRedis
 from progress_streamer.protocol.event import ErrorInfo, EventDraft
+from progress_streamer.protocol.family_sweeper import FamilySweeper
 from progress_streamer.protocol.history import is_wrong_type
 from progress_streamer.protocol.keys import KeySpace, is_valid_job_id
 from progress_streamer.protocol.publisher import AsyncPublisher
@@ -34,6 +36,7 @@ class LeaseSweeper:
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
         self.publisher = AsyncPublisher(client, settings)
+        self.families = FamilySweeper(self.publisher)  # parent jobs (protocol/family.py)
         self.batch = batch
         self.interval = settings.lease_seconds / 4
 
@@ -49,6 +52,7 @@ class LeaseSweeper:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             if await self._sweep(job_id):
                 swept.append(job_id)
+        await self.families.sweep_once()
         return swept
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -68,6 +72,7 @@ class LeaseSweeper:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
                 pass
+        self.publisher.families.close()  # held parent progress: the next sweeper flushes it
 
     async def _sweep(self, job_id: str) -> bool:
         if not is_valid_job_id(job_id):

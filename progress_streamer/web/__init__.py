@@ -4,7 +4,7 @@ API, the JS client and the demo page, on its own or mounted in another app (with
 
 from __future__ import annotations
 
-from progress_streamer.protocol.runner import JobRunner, QueueStatus
+from progress_streamer.protocol.runner import ChildJob, JobRunner, QueueStatus, UnsupportedFamily
 from progress_streamer.protocol.settings import Settings, SettingsError
 from progress_streamer.web.app import ProgressApp, create_app
 from progress_streamer.web.catalog import (
@@ -21,6 +21,7 @@ from progress_streamer.web.tokens import mint_token
 __all__ = [
     "BoundedHttpToolsProtocol",
     "Catalog",
+    "ChildJob",
     "ConnectionLimits",
     "IntParam",
     "InvalidParams",
@@ -31,6 +32,7 @@ __all__ = [
     "SettingsError",
     "TaskSpec",
     "UnknownTask",
+    "UnsupportedFamily",
     "create_app",
     "default_catalog",
     "mint_token",

@@ -88,3 +88,60 @@ async def test_the_sync_cancel_revokes_once_and_then_answers_terminal(
     assert first.accepted and (second.accepted, second.reason) == (False, "terminal")
     statuses = [e.status for e in await history(async_redis, demo_settings, job_id)]
     assert statuses.count(JobStatus.REVOKED) == 1 and statuses[-1] == JobStatus.REVOKED
+
+
+async def test_a_group_of_10_is_one_parent_job(
+    demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
+) -> None:
+    from progress_streamer.protocol.runner import ChildJob
+
+    parent = uuid.uuid4().hex
+    children = [
+        ChildJob(job_id=uuid.uuid4().hex, task="demo.report", params={"steps": 3, "step_ms": 5})
+        for _ in range(10)
+    ]
+    runner = ArqRunner(demo_settings)
+    await asyncio.to_thread(runner.enqueue_family, parent, "group", children, False)
+    end = await wait_for_status(async_redis, demo_settings, parent)
+    assert end.status == JobStatus.SUCCESS, end
+    assert end.children is not None and end.children["succeeded"] == 10
+    assert [r["filename"] for r in end.result["children"]] == [
+        f"report-{c.job_id}.csv" for c in children
+    ]
+    events = await history(async_redis, demo_settings, parent)
+    percents = [e.percent for e in events if e.percent is not None]
+    assert percents == sorted(percents)
+
+
+def test_arq_refuses_chains_and_chords_clearly(demo_settings: Settings) -> None:
+    from progress_streamer.protocol.runner import ChildJob, UnsupportedFamily
+
+    child = ChildJob(job_id=uuid.uuid4().hex, task="demo.report", params={})
+    for kind in ("chain", "chord"):
+        with pytest.raises(UnsupportedFamily, match="groups only"):
+            ArqRunner(demo_settings).enqueue_family(uuid.uuid4().hex, kind, [child, child], False)
+
+
+async def test_a_fail_fast_group_revokes_and_aborts_its_other_children(
+    demo_worker: ArqWorker, demo_settings: Settings, async_redis: redis.asyncio.Redis
+) -> None:
+    from progress_streamer.protocol.runner import ChildJob
+
+    parent = uuid.uuid4().hex
+    slow = {"steps": 100, "step_ms": 100}
+    children = [ChildJob(job_id=uuid.uuid4().hex, task="demo.report", params=slow)
+                for _ in range(3)]  # fmt: skip
+    fails = {"fail_at": 20, "step_ms": 50}
+    failing = ChildJob(job_id=uuid.uuid4().hex, task="demo.fail", params=fails)
+    runner = ArqRunner(demo_settings)
+    await asyncio.to_thread(runner.enqueue_family, parent, "group", [failing, *children], True)
+    end = await wait_for_status(async_redis, demo_settings, parent)
+    assert end.status == JobStatus.FAILURE
+    assert end.error is not None and end.error.type == "ChildFailed"
+    assert end.children is not None
+    assert (end.children["failed"], end.children["revoked"]) == (1, 3)
+    for child in children:
+        finished = await wait_for_status(async_redis, demo_settings, child.job_id)
+        assert finished.status == JobStatus.REVOKED
+        statuses = [e.status for e in await history(async_redis, demo_settings, child.job_id)]
+        assert statuses.count(JobStatus.REVOKED) == 1

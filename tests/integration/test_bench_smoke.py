@@ -56,6 +56,12 @@ def check_server(result: dict[str, Any], name: str) -> None:
     for step in [fanout["latency"], *fanout["steps"]]:
         assert step["delivered"] > 0
         assert step["p99_ms"] is not None and step["p99_ms"] > 0
+    held = figures["held"]
+    assert "error" not in held, held
+    assert [row["held"] for row in held] == [0, 50]  # the quick size
+    for row in held:
+        assert row["delivered"] == row["expected"] > 0
+        assert row["late_pct"] is not None
 
 
 def test_harness_runs_ours_and_the_naive_baseline(tmp_path: Path) -> None:
@@ -65,7 +71,11 @@ def test_harness_runs_ours_and_the_naive_baseline(tmp_path: Path) -> None:
         check_server(result, name)
     assert "| measure | ours | naive | ours/naive |" in stdout
     assert "#### Idle capacity" in stdout and "#### Fan-out" in stdout
+    assert "#### Live deliveries while idle streams are held" in stdout
+    assert result["runs"][0]["ours"]["fanout"]["steps"][0]["script_calls"] > 0
     assert "#### Worker cost" in stdout and "Celery `self.progress(...)` call" in stdout
+    assert "#### One parent job for a group" in stdout
+    assert "| Redis round trips per child event |" in stdout
     for row in result["runs"][0]["naive"]["idle"]:  # a Redis connection per client
         assert row["redis_pubsub"] >= row["established"]
 
@@ -74,6 +84,17 @@ def test_harness_runs_nchan(tmp_path: Path) -> None:
     nchan, why = find_nchan(install=False)
     if nchan is None:
         pytest.skip(f"Nchan not measured: {why} (`make bench` installs it)")
-    stdout, result = run_quick(tmp_path, "nchan", "--no-worker-cost")
+    stdout, result = run_quick(tmp_path, "nchan", "--no-worker-cost", "--no-group")
     check_server(result, "nchan")
     assert "| measure | Nchan |" in stdout
+
+
+def test_harness_runs_ours_beside_a_baseline_commit(tmp_path: Path) -> None:
+    args = ["--scenarios", "held", "--baseline", "HEAD", "--no-worker-cost", "--no-group"]
+    stdout, result = run_quick(tmp_path, "ours", *args)
+    for name in ("ours", "baseline"):
+        rows = result["runs"][0][name]["held"]
+        assert "error" not in rows, rows
+        assert all(row["delivered"] == row["expected"] > 0 for row in rows)
+    assert "`baseline`: ours as of commit HEAD (" in stdout
+    assert "| idle streams held | live deliveries | ours | ours, baseline |" in stdout

@@ -205,6 +205,46 @@ def test_ten_jobs_finish_over_one_stream(
         assert_contiguous(rec.frames(job), "success")
 
 
+def test_a_group_is_one_bar_with_its_children_over_one_stream(
+    page: Page, recorder: PageRecorder, web: WebProcess
+) -> None:
+    page.goto(f"{web.url}/?steps=5&step_ms=50")
+    page.click("#start-group")
+    group = page.locator("li.job:not(.child)")
+    expect(group).to_have_count(1)
+    children = group.locator("li.job.child")
+    expect(children).to_have_count(8)
+    expect(children.first).to_be_hidden()  # folded until the list is opened
+    group.locator("details.children > summary").click()
+    expect(children.first).to_be_visible()
+    expect(group).to_have_attribute("data-status", "success")
+    expect(group.locator(".children-counts")).to_have_text("8 succeeded")
+    expect(page.locator("li.job.child[data-status=success]")).to_have_count(8)
+    expect(group.locator(".percent").first).to_have_text("100%")
+    assert recorder.watch_posts == 1
+    assert len(recorder.stream_urls) == 1, recorder.stream_urls
+    parent_frames = recorder.frames(job_id(group))
+    assert_contiguous(parent_frames, "success")
+    assert [f["percent"] for f in parent_frames] == sorted(f["percent"] for f in parent_frames)
+    for child in children.all():
+        assert_contiguous(recorder.frames(job_id(child)), "success")
+
+
+def test_cancelling_a_group_revokes_it_and_its_children(
+    page: Page, recorder: PageRecorder, web: WebProcess
+) -> None:
+    page.goto(f"{web.url}/?steps=100&step_ms=200")
+    page.click("#start-group")
+    group = page.locator("li.job:not(.child)")
+    expect(group).to_have_attribute("data-status", "progress")
+    expect(group.locator("li.job.child button.cancel")).to_have_count(0)  # one cancel: all
+    group.locator("button.cancel").first.click()
+    expect(group).to_have_attribute("data-status", "revoked")
+    expect(page.locator("li.job.child[data-status=revoked]")).to_have_count(8)
+    expect(group.locator(".children-counts")).to_have_text("8 revoked")
+    assert_contiguous(recorder.frames(job_id(group)), "revoked")
+
+
 def test_bar_resumes_after_the_web_process_is_killed(
     page: Page, recorder: PageRecorder, settings: Settings, worker: Worker
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from progress_streamer.protocol import PublishOutcome
-from progress_streamer.protocol.runner import check_runner
+from progress_streamer.protocol.runner import UnsupportedFamily, check_runner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web import JobRunner, create_app
 
@@ -34,6 +34,8 @@ async def test_a_subclass_inherits_the_documented_defaults() -> None:
     runner = Minimal()
     check_runner("mine", runner)
     assert await runner.queue_status("j") is None
+    with pytest.raises(UnsupportedFamily, match="runs no groups"):
+        runner.enqueue_family("p", "group", [], False)
     await asyncio.wait_for(runner.run_settler(asyncio.Event()), 1)  # returns at once
     await runner.aclose()
     runner.close()

@@ -169,6 +169,16 @@ def running_worker(
     finally:
         worker.kill()
         runner.close()
+        close_backend(app)
         app.close()
         client.close()
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def close_backend(app: Celery) -> None:
+    """Disconnect the result backend's Redis connections this thread opened (sending a
+    chord uses them); `app.close()` leaves them to the garbage collector."""
+    backend = getattr(app._local, "backend", None)
+    client = getattr(backend, "client", None)
+    if client is not None:
+        client.connection_pool.disconnect()

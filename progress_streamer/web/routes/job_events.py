@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from progress_streamer.web.auth import presented_token, require_token
+from progress_streamer.web.auth import presented_token
+from progress_streamer.web.job_access import require_job_token
 from progress_streamer.web.limits import client_address
 from progress_streamer.web.routes.jobs import job_id_of
 from progress_streamer.web.services import services_of
@@ -23,7 +24,7 @@ def last_event_id(request: Request) -> str | None:
 async def job_events(request: Request) -> Response | EventStreamResponse:
     services = services_of(request)
     job_id = job_id_of(request)
-    require_token(services.settings, services.job_tokens, presented_token(request), job_id, "job")
+    await require_job_token(services, presented_token(request), job_id)
     after = parse_seq(last_event_id(request))
     req = StreamRequest((job_id,), (after,), client_address(request), watch=False)
     try:

@@ -18,11 +18,13 @@ from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.protocol.runner import JobRunner
 from progress_streamer.protocol.scripts import WRITE_HASH, write_hash_args
 from progress_streamer.protocol.status import JobStatus
-from progress_streamer.web.auth import presented_token, require_api_key, require_token
+from progress_streamer.web.auth import presented_token, require_api_key
 from progress_streamer.web.catalog import DEFAULT_RUNNER, InvalidParams, UnknownTask
 from progress_streamer.web.download import FileDownload
 from progress_streamer.web.errors import ApiError
+from progress_streamer.web.job_access import require_job_token
 from progress_streamer.web.limits import client_address, read_json
+from progress_streamer.web.routes.families import create_family, is_family_request
 from progress_streamer.web.services import Services, services_of
 from progress_streamer.web.urls import api_url
 
@@ -38,11 +40,11 @@ def job_id_of(request: Request) -> str:
     return job_id
 
 
-def authorize(
+async def authorize(
     request: Request, services: Services, job_id: str, *, to_change: bool = False
 ) -> None:
     token = presented_token(request)
-    require_token(services.settings, services.job_tokens, token, job_id, "job", to_change=to_change)
+    await require_job_token(services, token, job_id, to_change=to_change)
 
 
 async def create_job(request: Request) -> Response:
@@ -53,6 +55,8 @@ async def create_job(request: Request) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    if is_family_request(body):
+        return await create_family(request, services, body)
     runner_name = body.get("runner", DEFAULT_RUNNER)
     try:
         spec = services.catalog.resolve(body.get("task"), runner_name, services.runners)
@@ -94,14 +98,18 @@ async def _snapshot(services: Services, job_id: str) -> ProgressEvent:
 async def job_status(request: Request) -> Response:
     services = services_of(request)
     job_id = job_id_of(request)
-    authorize(request, services, job_id)
+    await authorize(request, services, job_id)
     event = await services.reader.snapshot(services.keyspace.job(job_id))
     if event is not None:
-        return JSONResponse(status_body(event))
-    body = await _queue_status(services, job_id)
-    if body is None:
+        body = status_body(event)
+        if event.children is not None:  # a parent job: its children's ids, in order
+            ids = await services.redis.hget(services.keyspace.family(job_id), "ids")  # type: ignore[misc]
+            body["child_ids"] = ids.decode().split(",") if ids else []
+        return JSONResponse(body)
+    known = await _queue_status(services, job_id)
+    if known is None:
         raise ApiError(404, "not_found", "no such job")
-    return JSONResponse(body)
+    return JSONResponse(known)
 
 
 async def _queue_status(services: Services, job_id: str) -> dict[str, Any] | None:
@@ -139,13 +147,15 @@ def status_body(event: ProgressEvent) -> dict[str, Any]:
     }
     if event.data is not None:  # extra keys the task reported (SPEC v2): only when it did
         body["data"] = event.data
+    if event.children is not None:  # a parent job's counts (SPEC v2 "Groups")
+        body["children"] = event.children
     return body
 
 
 async def cancel_job(request: Request) -> Response:
     services = services_of(request)
     job_id = job_id_of(request)
-    authorize(request, services, job_id, to_change=True)
+    await authorize(request, services, job_id, to_change=True)
     await _snapshot(services, job_id)
     runner = await _runner_of(services, job_id)
     outcome = await anyio.to_thread.run_sync(runner.cancel, job_id)
@@ -169,7 +179,7 @@ async def _runner_of(services: Services, job_id: str) -> JobRunner:
 async def job_result(request: Request) -> Response:
     services = services_of(request)
     job_id = job_id_of(request)
-    authorize(request, services, job_id)
+    await authorize(request, services, job_id)
     event = await _snapshot(services, job_id)
     if not event.is_terminal:
         raise ApiError(409, "conflict", "the job has not finished")

@@ -17,6 +17,7 @@ from progress_streamer.protocol.history import CorruptState
 from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.web.auth import presented_token, require_token
 from progress_streamer.web.errors import ApiError
+from progress_streamer.web.job_access import require_job_token
 from progress_streamer.web.limits import client_address, read_json
 from progress_streamer.web.routes.job_events import last_event_id
 from progress_streamer.web.services import Services, services_of
@@ -37,9 +38,7 @@ async def create_watch(request: Request) -> Response:
     for job_id, token in job_ids:
         if not is_valid_job_id(job_id):
             raise ApiError(404, "not_found", f"no such job: {str(job_id)[:80]!r}")
-        grant = require_token(
-            services.settings, services.job_tokens, token, job_id, f"job {job_id!r}"
-        )
+        grant = await require_job_token(services, token, job_id, f"job {job_id!r}")
         expires_at = min(expires_at, grant.expires_at)
     ids = [job_id for job_id, _ in job_ids]
     lifetime_ms = await _lifetime_of(services, ids)

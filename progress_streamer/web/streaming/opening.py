@@ -66,8 +66,7 @@ async def open_stream(services: Services, req: StreamRequest) -> EventStreamResp
     except BaseException:
         await _close(services, sub)
         raise
-    if services.keepalive.draining:
-        sub.close("shutdown")
+    services.keepalive.add(sub)  # pings, lifetime, a client that left, shutdown
     source = SubscriberFrames(sub)
 
     async def on_close() -> None:
@@ -149,6 +148,7 @@ def _replay(job_id: str, after: int | None, catch_up: CatchUp | None) -> list[De
 
 async def _close(services: Services, sub: Subscriber) -> None:
     sub.close("closed")
+    services.keepalive.discard(sub)
     for job_id in sub.job_ids:
         await services.hub.unsubscribe(sub, job_id)
     services.limiter.release(sub.client)

@@ -10,7 +10,7 @@ task (the request's own). Deliberate choices:
   queued (the replay, a backlog behind a slow client) and ends the response;
 - every send of this task has `PROGRESS_SEND_TIMEOUT`: a client that reads nothing is
   dropped (uvicorn then closes its socket and logs that the response was not completed);
-- a client that left frees its subscription within a sweep tick (a quarter second), not
+- a client that left frees its subscription within a sweep round (a quarter second), not
   at the next event: the sweep reads the direct writer's `gone`; without the direct
   writer (another server), a listener task per stream watches for `http.disconnect`.
 """

@@ -84,7 +84,9 @@ class Subscriber:
         self._on_coalesce = on_coalesce  # e.g. the process's metric; only on this rare path
         self.closed: str | None = None  # why the stream ends early: shutdown, lifetime...
         self.ping_due = False
-        self.wrote = True  # a frame went out since the last keep-alive sweep
+        self.wrote = True  # a frame went out since the keep-alive's last ping check
+        self.ping_at = 0.0  # the keep-alive's next ping check (time.monotonic())
+        self.sweep_slot: int | None = None  # the keep-alive's slot, while it has one
         # A jittered lifetime, so a deploy does not make every client resume at once.
         self.deadline = time.monotonic() + lifetime * (1 - 0.2 * random.random())
         # A watch's `id:` is the cursor of the last seq written per job (`12.0.7`).

@@ -189,10 +189,9 @@ async def test_1000_vanishing_clients_leave_nothing_behind(
     assert "Traceback" not in log, log[-3000:]
     assert after["open_streams"] == after["watched_jobs"] == 0
     assert after["fds_besides_redis"] <= before["fds_besides_redis"] + FD_TOLERANCE, after
-    # No growth once warm: the pools keep idle connections, but open no more.
-    assert after["redis_connections"] <= before["redis_connections"], (before, after)
     # The command pool and the ARQ runner's shared pool keep idle connections up to their
-    # bounds; the hub is one more.
+    # bounds (a pool's high-water mark may still rise after the warm-up: not a leak); the
+    # hub is one more.
     assert after["redis_connections"] <= REDIS_POOL_SIZE + SHARED_POOL_SIZE + 1, after
     assert after["tasks"] <= before["tasks"], (before, after)
     assert after["rss_kb"] <= before["rss_kb"] + RSS_TOLERANCE_KB, (before, after)
