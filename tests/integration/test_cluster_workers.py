@@ -19,6 +19,7 @@ from progress_streamer.arq.runner import ArqRunner
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import RedisServer, find_redis_server
 from tests.integration.test_celery_web import Borrowed
+from tests.integration.test_celery_web_groups import Borrowed as GroupBorrowed
 from tests.support import ROOT
 from tests.support.arq_worker import ArqWorker, run_worker
 from tests.support.arq_worker import worker_settings as arq_worker_settings
@@ -119,3 +120,23 @@ def test_a_worker_on_a_redis_6_cluster_stops_at_start_naming_it(
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-3000:]
     assert f"127.0.0.1:{old.port} runs 6.2" in output, output[-3000:]
+
+
+async def test_a_celery_group_with_state_on_the_cluster_ends_as_one_parent(
+    celery_worker: Worker,
+) -> None:
+    """The parent's and the children's keys live in different slots (their own hash
+    tags): each child event is two script calls on two primaries, as on one Redis."""
+    body = {"group": [{"task": "demo.report", "params": {"steps": 2, "step_ms": 5}}] * 4}
+    runner = GroupBorrowed(celery_worker)
+    with running_server(celery_worker.settings, {"celery": runner}) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            created = await client.post("/api/v1/jobs", json=body)
+            assert created.status_code == 202, created.text
+            urls = created.json()
+            stream = await read_all(client, urls["events_url"])
+            events = [json.loads(e.data) for e in stream.events]
+            assert events[-1]["status"] == "success", events[-1]
+            assert events[-1]["children"]["succeeded"] == 4
+            seqs = [e["seq"] for e in events]
+            assert seqs == list(range(seqs[0], seqs[-1] + 1))
