@@ -186,6 +186,8 @@ class SubscriptionHub:
                 await link.conn.disconnect()
         if self._pool is not None:
             await self._pool.disconnect()
+        if self._shards is not None:
+            await self._shards.close()
 
     async def subscribe(self, sub: Subscriber, job_id: str) -> None:
         """Add the client to the job's channel; return once Redis confirmed it."""
