@@ -22,6 +22,7 @@ from arq.jobs import Job, ResultNotFound
 from arq.jobs import JobStatus as ArqStatus
 
 from progress_streamer.arq.worker_settings import queue_name_of
+from progress_streamer.protocol.connections import AsyncRedis, async_client, queue_pool
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.outcome import error_info, error_of
@@ -87,25 +88,31 @@ class ArqRunner(JobRunner):
         self.keyspace = KeySpace(settings.key_prefix)
         self.queue_name = queue_name or queue_name_of(settings)
         self.pending_index = self.keyspace.arq_pending(self.queue_name)
+        # ARQ's queue and our progress state share one Redis unless REDIS_URL is a cluster
+        # or ARQ_REDIS_URL names another: then the progress writes get a client of their own.
+        self._one_redis = not settings.cluster and settings.arq_url == settings.redis_url
         self._pool: ArqRedis | None = None
+        self._publisher: AsyncPublisher | None = None
 
     # --- synchronous, for a worker thread (the web app's `JobRunner` protocol) ---
 
     def enqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
         """Publish `pending`, then put the job on ARQ's queue. Not from an event loop."""
-        self._run_once(lambda pool: self._enqueue(pool, job_id, task, params))
+        self._run_once(lambda pool, publisher: self._enqueue(pool, publisher, job_id, task, params))
 
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` (refused when already terminal: then nothing else), then abort."""
-        return self._run_once(lambda pool: self._cancel(pool, job_id))
+        return self._run_once(lambda pool, publisher: self._cancel(pool, publisher, job_id))
 
     # --- asyncio, for callers on one long-lived loop ---
 
     async def aenqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
-        await self._enqueue(await self._shared_pool(), job_id, task, params)
+        pool = await self._shared_pool()
+        await self._enqueue(pool, self._shared_publisher(pool), job_id, task, params)
 
     async def acancel(self, job_id: str) -> PublishOutcome:
-        return await self._cancel(await self._shared_pool(), job_id)
+        pool = await self._shared_pool()
+        return await self._cancel(pool, self._shared_publisher(pool), job_id)
 
     async def queue_status(self, job_id: str) -> QueueStatus | None:
         """A job ARQ knows but we hold no snapshot of (enqueued without `publish_pending`).
@@ -151,9 +158,10 @@ class ArqRunner(JobRunner):
             num=batch,
         )
         settled = []
+        publisher = self._shared_publisher(pool)
         for raw in due:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if await self._settle(pool, job_id):
+            if await self._settle(pool, publisher, job_id):
                 settled.append(job_id)
         return settled
 
@@ -171,9 +179,10 @@ class ArqRunner(JobRunner):
             except TimeoutError:
                 pass
 
-    async def _settle(self, pool: ArqRedis, job_id: str) -> bool:
+    async def _settle(self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str) -> bool:
         index = self.pending_index
-        status = await pool.hget(self.keyspace.job(job_id).state, "status")  # type: ignore[misc]
+        state = self.keyspace.job(job_id).state
+        status = await publisher.redis.hget(state, "status")  # type: ignore[misc]
         if status != JobStatus.PENDING.value.encode():  # started, ended, or its state is gone
             await pool.zrem(index, job_id)
             return False
@@ -190,7 +199,7 @@ class ArqRunner(JobRunner):
             result=outcome.result if outcome.status is JobStatus.SUCCESS else None,
             error=outcome.error,
         )
-        published = await AsyncPublisher(pool, self.settings).publish(draft)
+        published = await publisher.publish(draft)
         await pool.zrem(index, job_id)
         if published.accepted:
             log.warning("job %s: ARQ ended it without running it (%s)", job_id, outcome.error)
@@ -198,6 +207,9 @@ class ArqRunner(JobRunner):
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None and publisher.redis is not pool:
+            await publisher.redis.aclose()
         if pool is not None:
             await pool.aclose()
             await pool.connection_pool.disconnect()  # a pool passed in is not closed with it
@@ -205,9 +217,13 @@ class ArqRunner(JobRunner):
     # --- the work, on a given connection pool ---
 
     async def _enqueue(
-        self, pool: ArqRedis, job_id: str, task: str, params: dict[str, Any]
+        self,
+        pool: ArqRedis,
+        publisher: AsyncPublisher,
+        job_id: str,
+        task: str,
+        params: dict[str, Any],
     ) -> None:
-        publisher = AsyncPublisher(pool, self.settings)
         outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.PENDING))
         if not outcome.accepted:
             raise EnqueueRefused(f"job {job_id} already exists ({outcome.reason})")
@@ -228,8 +244,9 @@ class ArqRunner(JobRunner):
             )
             raise
 
-    async def _cancel(self, pool: ArqRedis, job_id: str) -> PublishOutcome:
-        publisher = AsyncPublisher(pool, self.settings)
+    async def _cancel(
+        self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str
+    ) -> PublishOutcome:
         outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.REVOKED))
         if outcome.accepted:
             await self._abort(pool, job_id)
@@ -246,30 +263,38 @@ class ArqRunner(JobRunner):
 
     async def _shared_pool(self) -> ArqRedis:
         if self._pool is None:
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.settings.redis_url,
-                max_connections=SHARED_POOL_SIZE,
-                timeout=SHARED_POOL_TIMEOUT,
-                socket_connect_timeout=2.0,
-                socket_timeout=SHARED_POOL_TIMEOUT,
+            pool = queue_pool(
+                self.settings.arq_url, max_connections=SHARED_POOL_SIZE, timeout=SHARED_POOL_TIMEOUT
             )
             self._pool = ArqRedis(pool, default_queue_name=self.queue_name)
         return self._pool
 
+    def _shared_publisher(self, pool: ArqRedis) -> AsyncPublisher:
+        if self._publisher is None:
+            client = pool if self._one_redis else self._progress_client(SHARED_POOL_SIZE)
+            self._publisher = AsyncPublisher(client, self.settings)
+        return self._publisher
+
+    def _progress_client(self, size: int) -> AsyncRedis:
+        return async_client(self.settings, max_connections=size, socket_timeout=SHARED_POOL_TIMEOUT)
+
     async def _connect(self) -> ArqRedis:
         # No connection retries: a request should fail fast (ARQ's default waits 5 s).
         redis_settings = dataclasses.replace(
-            RedisSettings.from_dsn(self.settings.redis_url), conn_retries=0
+            RedisSettings.from_dsn(self.settings.arq_url), conn_retries=0
         )
         return await create_pool(redis_settings, default_queue_name=self.queue_name)
 
-    def _run_once(self, work: Callable[[ArqRedis], Awaitable[R]]) -> R:
+    def _run_once(self, work: Callable[[ArqRedis, AsyncPublisher], Awaitable[R]]) -> R:
         async def main() -> R:
             pool = await self._connect()
+            progress = pool if self._one_redis else self._progress_client(2)
             try:
-                return await work(pool)
+                return await work(pool, AsyncPublisher(progress, self.settings))
             finally:
                 await pool.aclose()
+                if progress is not pool:
+                    await progress.aclose()
 
         return asyncio.run(main())
 

@@ -59,23 +59,27 @@ def sync_client(
 ) -> SyncRedis:
     """A client of the progress Redis for sync code (Celery tasks, signals, runners).
 
-    A full pool raises rather than opening more (redis-py's `ConnectionPool`); on a
-    cluster the bound is per node. A cluster's version is checked here, at build."""
-    common: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "health_check_interval": 30,
-    }
+    On one server a caller beyond the bound waits up to `socket_timeout` for a free
+    connection (`BlockingConnectionPool`). On a cluster the bound is per node and a
+    caller beyond it gets an error at once (redis-py 5.3's cluster pools do not block);
+    the cluster's version is checked here, as the client is built."""
     if not settings.cluster:
-        client: redis.Redis = redis.Redis.from_url(
-            settings.redis_url, max_connections=max_connections, **common
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=max_connections,
+            timeout=socket_timeout,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=socket_timeout,
+            health_check_interval=30,
         )
-        return client
+        return redis.Redis(connection_pool=pool)
     cluster: redis.cluster.RedisCluster = redis.cluster.RedisCluster(
         startup_nodes=_nodes(settings.redis_url),
         max_connections=max_connections,
         require_full_coverage=True,
-        **common,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
         **_cluster_options(settings.redis_url),
     )
     check_server(cluster)
@@ -83,37 +87,20 @@ def sync_client(
 
 
 def async_client(
-    settings: Settings,
-    *,
-    max_connections: int,
-    socket_timeout: float = 10.0,
-    blocking_timeout: float | None = None,
+    settings: Settings, *, max_connections: int, socket_timeout: float = 10.0
 ) -> AsyncRedis:
-    """A client of the progress Redis for asyncio code (the web app, ARQ jobs).
-
-    With `blocking_timeout`, a caller beyond the bound waits that long for a free
-    connection (one server: `BlockingConnectionPool`); on a cluster the bound is per node
-    and a caller beyond it gets an error at once (redis-py 5.3's cluster pools do not
-    block). Call `acheck_server` once at start."""
+    """A client of the progress Redis for asyncio code (the web app, ARQ jobs), bounded as
+    `sync_client`'s. Call `acheck_server` once at start."""
     if not settings.cluster:
-        if blocking_timeout is None:
-            client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-                settings.redis_url,
-                max_connections=max_connections,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=socket_timeout,
-                health_check_interval=30,
-            )
-            return client
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=max_connections,
-            timeout=blocking_timeout,
+            timeout=socket_timeout,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=socket_timeout,
+            health_check_interval=30,
         )
-        single: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
-        return single
+        return redis.asyncio.Redis.from_pool(pool)
     seeds = cluster_seeds(settings.redis_url)
     cluster: redis.asyncio.cluster.RedisCluster = redis.asyncio.cluster.RedisCluster(
         startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in seeds],

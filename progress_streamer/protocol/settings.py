@@ -182,6 +182,9 @@ class Settings:
     max_connections: int | None = None  # None: max_streams + CONNECTION_HEADROOM
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For/-Proto are believed
 
+    def __post_init__(self) -> None:
+        self.check_redis()
+
     @property
     def connection_cap(self) -> int:
         """Client connections a web process takes: more than its streams, so that a
@@ -248,7 +251,6 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name}={raw!r}: {exc}") from None
         settings = cls(**values)
-        settings.check_redis()
         if settings.connection_cap <= settings.max_streams:
             raise SettingsError(
                 f"PROGRESS_MAX_CONNECTIONS={settings.connection_cap} must be above "

@@ -130,7 +130,6 @@ def build_services(
         settings,
         max_connections=REDIS_POOL_SIZE,
         socket_timeout=REDIS_TIMEOUT,
-        blocking_timeout=REDIS_TIMEOUT,
     )
     reader = JobReader(client)
     hub = SubscriptionHub(
