@@ -465,7 +465,8 @@ class SubscriptionHub:
             log.info("%s is no longer a primary; its pub/sub connection closes", node)
             link.retired = True
             del self._links[node]
-            self.metrics.pubsub_connections.remove(node)
+            with contextlib.suppress(KeyError):  # never connected: no gauge yet
+                self.metrics.pubsub_connections.remove(node)
             for name, channel in self._channels.items():
                 if channel.link is link:
                     self._reroute(name, channel, link)
