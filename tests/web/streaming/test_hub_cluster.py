@@ -26,7 +26,7 @@ from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.redis_server import RedisServer
 from tests.support.redis_cluster import ClusterNode, RedisCluster, running_cluster
-from tests.support.reliability import WebProcess, web_process
+from tests.support.reliability import WebProcess, report, until, web_process
 from tests.support.server import SSEEvent, eventually, open_sse, publisher, running_server
 
 pytestmark = pytest.mark.cluster
@@ -247,6 +247,7 @@ async def test_a_slot_migration_mid_stream_reroutes_within_a_second_without_gap_
                         url = f"/api/v1/jobs/{feed.job_id}/events"
                         _, events = await stack.enter_async_context(open_sse(client, url))
                         readers.append(asyncio.create_task(_collect(events, feed)))
+                    figures: list[tuple[float, float]] = []
                     with Publishers(settings, feeds, count=100):
                         for feed in feeds:  # mid-stream: each job's slot moves
                             await _wait_for_seq(feed, feeds[0].published // 2 + 5, 10)
@@ -254,12 +255,17 @@ async def test_a_slot_migration_mid_stream_reroutes_within_a_second_without_gap_
                             slot = key_slot(channel.encode())
                             old = cluster.owner_of(slot)
                             new = next(n for n in cluster.primaries() if n is not old)
+                            started = time.monotonic()
                             await asyncio.to_thread(cluster.migrate_slot, slot, new)
-                            await eventually(lambda: shard_subscribers(new, channel) == 1, 1.0)  # noqa: B023
+                            moved = time.monotonic() - started
+                            check = lambda: shard_subscribers(new, channel) == 1  # noqa: B023, E731
+                            after = await until(check, 1.0, "re-subscribed on the new owner")
+                            figures.append((round(moved, 3), round(after, 3)))
                         await asyncio.wait_for(asyncio.gather(*readers), 60)
                     text = (await client.get("/metrics")).text
             _assert_contiguous(feeds, pub, keys)
             assert metric(text, "progress_reroutes_total") >= 4
+            report("cluster slot migration", migrate_then_resubscribed_s=figures)
         finally:
             pub.redis.close()
 
@@ -288,11 +294,17 @@ async def test_a_primary_restarted_mid_stream_streams_reach_the_terminal(
                         readers.append(asyncio.create_task(_collect(events, feed)))
                     with Publishers(settings, feeds, count=60):
                         await _wait_for_seq(feeds[0], 10, 10)
+                        seen = int(feeds[0].received[-1]["seq"])  # type: ignore[call-overload]
+                        started = time.monotonic()
                         await asyncio.to_thread(cluster.restart, victim)  # SIGTERM, start
+                        back = time.monotonic() - started
+                        await _wait_for_seq(feeds[0], seen + 1, 10)
+                        flowing = time.monotonic() - started
                         await asyncio.wait_for(asyncio.gather(*readers), 60)
                     reconnects = (await web.metrics(client))["progress_redis_reconnects_total"]
             _assert_contiguous(feeds, pub, keys)
             assert reconnects >= 1
+            report("cluster primary restart", back_s=round(back, 3), flowing_s=round(flowing, 3))
         finally:
             pub.redis.close()
 
@@ -336,6 +348,7 @@ async def test_a_primary_killed_with_a_replica_streams_resume_within_5_s(
                     text = (await client.get("/metrics")).text
             _assert_contiguous(feeds, pub, keys)
             assert resumed < 5.0
+            report("cluster primary killed, replica promoted", resumed_s=round(resumed, 3))
             # One connection per primary now serving a watched job; none to the dead one.
             owners = {cluster.owner_of_key(keys.job(f.job_id).channel).port for f in feeds}
             assert connected_nodes(text) == {f"127.0.0.1:{port}" for port in owners}
