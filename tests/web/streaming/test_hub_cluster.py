@@ -355,3 +355,43 @@ async def test_a_primary_killed_with_a_replica_streams_resume_within_5_s(
             assert metric(text, "progress_reroutes_total") >= 1
         finally:
             pub.redis.close()
+
+
+async def test_a_manual_failover_moves_the_channels_to_the_promoted_replica(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # The old primary pushes `sunsubscribe` and keeps the connection: the hub re-routes
+    # on the push, and closes its connection to the node, now a replica.
+    keys = KeySpace(prefix)
+    with running_cluster(3, replicas=1) as cluster:
+        settings = cluster_settings(cluster, redis_server, prefix)
+        pub = publisher(settings)
+        feeds = [Feed(uuid.uuid4().hex) for _ in range(4)]
+        for feed in feeds:
+            pub.publish(EventDraft(job_id=feed.job_id, status=JobStatus.STARTED))
+        old = cluster.owner_of_key(keys.job(feeds[0].job_id).channel)
+        replica = cluster.replicas_of(old)[0]
+        try:
+            with running_server(settings) as server:
+                async with (
+                    httpx.AsyncClient(base_url=server.url, timeout=60) as client,
+                    AsyncExitStack() as stack,
+                ):
+                    readers = []
+                    for feed in feeds:
+                        url = f"/api/v1/jobs/{feed.job_id}/events"
+                        _, events = await stack.enter_async_context(open_sse(client, url))
+                        readers.append(asyncio.create_task(_collect(events, feed)))
+                    with Publishers(settings, feeds, count=100):
+                        await _wait_for_seq(feeds[0], 10, 10)
+                        await asyncio.to_thread(cluster.failover, replica)
+                        channel = keys.job(feeds[0].job_id).channel
+                        check = lambda: shard_subscribers(replica, channel) == 1  # noqa: E731
+                        await until(check, 1.0, "re-subscribed on the promoted replica")
+                        await asyncio.wait_for(asyncio.gather(*readers), 60)
+                    text = (await client.get("/metrics")).text
+            _assert_contiguous(feeds, pub, keys)
+            assert f"127.0.0.1:{old.port}" not in connected_nodes(text)
+            assert f"127.0.0.1:{replica.port}" in connected_nodes(text)
+        finally:
+            pub.redis.close()
