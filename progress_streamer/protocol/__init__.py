@@ -3,6 +3,7 @@ the publish script and the publishers. It imports neither Starlette, Celery nor 
 
 from __future__ import annotations
 
+from progress_streamer.protocol.connections import async_client, sync_client
 from progress_streamer.protocol.event import (
     ErrorInfo,
     EventDraft,
@@ -37,6 +38,8 @@ __all__ = [
     "SeenState",
     "Settings",
     "SettingsError",
+    "async_client",
     "decode_event",
     "is_valid_job_id",
+    "sync_client",
 ]

@@ -111,7 +111,41 @@ def async_client(
         health_check_interval=30,
         **_cluster_options(settings.redis_url),
     )
+    cluster.nodes_manager.__class__ = StableNodes  # same slots, steadier refreshes
     return cluster
+
+
+class StableNodes(redis.asyncio.cluster.NodesManager):
+    """redis-py 5.3's slot map, except that a refresh keeps the node objects (and their
+    pooled connections) of the nodes still in the cluster.
+
+    redis-py builds new node objects on every refresh (the hub refreshes whenever a
+    channel moves) and closes the old ones in tasks nobody awaits: each refresh empties
+    every pool, and a command that picked a node just before it opens a connection on an
+    orphan that nothing ever closes (the tests see it as an unclosed transport)."""
+
+    __slots__ = ()
+
+    def set_nodes(
+        self,
+        old: dict[str, redis.asyncio.cluster.ClusterNode],
+        new: dict[str, redis.asyncio.cluster.ClusterNode],
+        remove_old: bool = False,
+    ) -> None:
+        if old is self.nodes_cache and old:
+            for name, node in list(new.items()):
+                kept = old.get(name)
+                if kept is not None and kept is not node:
+                    kept.server_type = node.server_type
+                    new[name] = kept
+            # `initialize` has just pointed the slots at the new objects: use the kept ones.
+            remapped: dict[tuple[str, ...], list[redis.asyncio.cluster.ClusterNode]] = {}
+            for slot, nodes in self.slots_cache.items():
+                names = tuple(n.name for n in nodes)
+                if (same := remapped.get(names)) is None:
+                    same = remapped[names] = [new.get(n.name, n) for n in nodes]
+                self.slots_cache[slot] = same
+        super().set_nodes(old, new, remove_old)
 
 
 def queue_pool(

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import RedisServer, free_port
 
 MIN_VERSION = (7, 0, 0)
@@ -297,6 +298,16 @@ class RedisCluster:
         for node in [target, source, *(p for p in self.primaries() if p not in (target, source))]:
             node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
         self._wait(lambda: self.owner_of(slot) is target and self._settled(), 30.0, "migration")
+
+
+def queue_env(settings: Settings) -> dict[str, str]:
+    """The environment naming the broker's and ARQ queue's own Redis, when the settings
+    have them (cluster mode: neither kombu nor arq supports a cluster)."""
+    named = {
+        "CELERY_BROKER_URL": settings.celery_broker_url,
+        "ARQ_REDIS_URL": settings.arq_redis_url,
+    }
+    return {name: url for name, url in named.items() if url}
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import redis
+import redis.cluster
 import uvicorn
 
 from app.procfile import option_of
@@ -37,7 +38,7 @@ class FakeRunner(JobRunner):
     """A runner that publishes like a real one, without any task queue."""
 
     def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url)
+        self.client = sync_client(settings, max_connections=16)
         self.publisher = Publisher(self.client, settings)
         self.enqueued: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -254,7 +255,13 @@ def publisher(settings: Settings) -> Publisher:
 
 
 def numsub(client: redis.Redis, keyspace: KeySpace, job_id: str) -> int:
+    """Subscribers of the job's channel: its sharded ones on the owning primary when
+    `client` is a cluster client (the hub SSUBSCRIBEs there)."""
     channel = keyspace.job(job_id).channel
+    if isinstance(client, redis.cluster.RedisCluster):
+        owner = client.get_node_from_key(channel)
+        reply = client.execute_command("PUBSUB", "SHARDNUMSUB", channel, target_nodes=owner)
+        return int(reply[1])
     reply = client.pubsub_numsub(channel)
     return int(reply[0][1])  # type: ignore[index]
 
