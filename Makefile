@@ -30,3 +30,4 @@ test: lint
 
 bench: install
 	$(PY) -m bench.run
+	$(PY) -m bench.scaleout

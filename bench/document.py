@@ -95,13 +95,13 @@ def block(
     return "\n\n".join(parts) + "\n"
 
 
-def write_docs(path: Path, block: str) -> None:
+def write_docs(path: Path, block: str, *, begin: str = BEGIN, end: str = END) -> None:
     """Replace what is between the markers (or append a section with them)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{block.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    section = f"{begin}\n{block.strip()}\n{end}"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + section + tail
     else:
         text = text.rstrip() + "\n\n" + section + "\n"

@@ -10,17 +10,17 @@ the same WSGI app gunicorn would serve), the progress app (uvicorn `--root-path
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from app.nginx import find_nginx, main_config
 from progress_streamer.redis_server import free_port
 from tests.support import ROOT
 from tests.support.doc_project import Process, answers, write_doc_project
 
 DOC = ROOT / "docs" / "django.md"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX = find_nginx() or "/usr/sbin/nginx"
 
 # What a user's project has before following the doc: the doc only shows its additions.
 SETTINGS = """
@@ -103,17 +103,7 @@ def nginx_conf(folder: Path, site: str, *, listen: int, django: int, progress: i
     site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};")
     site = site.replace("127.0.0.1:8000", f"127.0.0.1:{django}")
     site = site.replace("127.0.0.1:8001", f"127.0.0.1:{progress}")
-    temp = " ".join(
-        f"{kind}_temp_path {folder / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf = folder / "nginx.conf"
-    conf.write_text(
-        f"worker_processes 1;\nerror_log {folder / 'error.log'} warn;\n"
-        f"pid {folder / 'nginx.pid'};\nevents {{ worker_connections 256; }}\n"
-        f"http {{\n access_log off;\n {temp}\n{site}\n}}\n"
-    )
-    return conf
+    return main_config(folder, site, connections=256)
 
 
 class Site:
