@@ -437,7 +437,8 @@ class SubscriptionHub:
             link.acks.pop(name, None)
         channel = self._channels.get(name)
         if channel is not None and channel.link is link:
-            log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, exc)
+            why = f"{type(exc).__name__}: {exc}"  # MovedError's text is the slot and node
+            log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, why)
             self._reroute(name, channel, link)
 
     def _reroute(self, name: str, channel: _Channel, old: _Link) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -393,5 +394,40 @@ async def test_a_manual_failover_moves_the_channels_to_the_promoted_replica(
             _assert_contiguous(feeds, pub, keys)
             assert f"127.0.0.1:{old.port}" not in connected_nodes(text)
             assert f"127.0.0.1:{replica.port}" in connected_nodes(text)
+        finally:
+            pub.redis.close()
+
+
+async def test_a_channel_subscribed_on_a_stale_map_follows_moved(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The hub refreshes its slot map only when a channel must move: a slot that migrated
+    # while nobody watched it is still on the old owner in its map, which answers MOVED.
+    keys = KeySpace(prefix)
+    with running_cluster(3) as cluster:
+        settings = cluster_settings(cluster, redis_server, prefix)
+        pub = publisher(settings)
+        first, second = uuid.uuid4().hex, uuid.uuid4().hex
+        for job in (first, second):
+            pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+        caplog.set_level(logging.INFO, logger="progress_streamer.web.streaming.hub")
+        try:
+            with running_server(settings) as server:
+                async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                    async with open_sse(client, f"/api/v1/jobs/{first}/events") as (_, events):
+                        await anext(events)  # the hub has read the slot map
+                    channel = keys.job(second).channel
+                    slot = key_slot(channel.encode())
+                    old = cluster.owner_of(slot)
+                    new = next(n for n in cluster.primaries() if n is not old)
+                    await asyncio.to_thread(cluster.migrate_slot, slot, new)
+                    url = f"/api/v1/jobs/{second}/events"
+                    async with open_sse(client, url) as (_, events):
+                        assert json.loads((await anext(events)).data)["seq"] == 1
+                        assert shard_subscribers(new, channel) == 1
+                        pub.publish(EventDraft(job_id=second, status=JobStatus.SUCCESS))
+                        rest = [json.loads(e.data)["seq"] async for e in events]
+            assert rest == [2]
+            assert any("(MovedError: " in r.getMessage() for r in caplog.records)
         finally:
             pub.redis.close()
