@@ -57,9 +57,11 @@ def publish_call(
 
     `seen` is the job's state as this publisher last saw it (`PublishOutcome.seen`): if
     it is gone, the loss wins (protocol/incarnation.py) and this draft is refused.
-    `token` makes the call idempotent (scripts.py): a fresh random one by default, made
-    in-process, so a client retrying this very call (the same arguments) after a
-    failover or a lost reply gets the first answer instead of a second event."""
+    `token` makes the call idempotent (scripts.py). On a Redis Cluster each call gets a
+    fresh random one by default, made in-process: redis-py's cluster client sends a
+    command again after a connection error (a failover), and the repeat gets the first
+    answer instead of a second event. On one Redis, where redis-py does not resend, the
+    default is none, and the script does exactly what it did before (no extra work)."""
     if not draft.ts:
         draft = replace(draft, ts=round(time.time(), 6))
     head, tail = draft.encode(settings.max_event_bytes)
@@ -77,7 +79,7 @@ def publish_call(
             "" if lease_seconds is None else lease_seconds,
             "" if seen is None else seen.epoch,
             "" if seen is None else seen.seq,
-            os.urandom(8).hex() if token is None else token,
+            (os.urandom(8).hex() if settings.cluster else "") if token is None else token,
         ],
     )
 

@@ -19,7 +19,8 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 #   nothing of ARGV[1..2], only the loss)
 # ARGV[9] lease seconds to grant the running attempt ('' = leave the lease alone)
 # ARGV[10] the epoch the publisher saw ('' = none), ARGV[11] the last seq it saw ('' = 0)
-# ARGV[12] the publish's idempotency token ('' = none): the state's field `tokens` keeps
+# ARGV[12] the publish's idempotency token ('' = none: one Redis, where redis-py does not
+#   resend; publisher.py sends one on a cluster): the state's field `tokens` keeps
 #   the last four accepted tokens with their answers ("<token> <seq> <attempt> <epoch>;"),
 #   so a publish sent again (a client's retry across a failover or a lost reply) gets
 #   its first answer back and never bumps `seq` or `attempt` twice.
@@ -32,12 +33,14 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 # (field `lost`: the highest seq known lost), so it answers 404 until published again.
 PUBLISH_TEMPLATE = r"""
 local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease',
-                      'epoch', 'lost', 'tokens')
+                      'epoch', 'lost')
 local token = ARGV[12]
-if token ~= '' and st[8] then
-  local at = string.find(st[8], token .. ' ', 1, true)
+local tokens = false
+if token ~= '' then
+  tokens = redis.call('HGET', KEYS[1], 'tokens')
+  local at = tokens and string.find(tokens, token .. ' ', 1, true)
   if at then
-    local s, a, e = string.match(st[8], '^(%d+) (%d+) (%d+);', at + #token + 1)
+    local s, a, e = string.match(tokens, '^(%d+) (%d+) (%d+);', at + #token + 1)
     return {1, tonumber(s), tonumber(a), e}
   end
 end
@@ -122,7 +125,7 @@ elseif ARGV[9] ~= '' then
   redis.call('HSET', KEYS[1], 'lease', now_s + tonumber(ARGV[9]))
 end
 if token ~= '' then
-  local kept = token .. ' ' .. seq .. ' ' .. attempt .. ' ' .. epoch .. ';' .. (st[8] or '')
+  local kept = token .. ' ' .. seq .. ' ' .. attempt .. ' ' .. epoch .. ';' .. (tokens or '')
   redis.call('HSET', KEYS[1], 'tokens', string.match(kept, '^[^;]*;[^;]*;[^;]*;[^;]*;') or kept)
 end
 return {1, seq, attempt, epoch}

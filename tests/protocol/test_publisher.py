@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 
@@ -342,7 +343,9 @@ def test_a_publish_sent_twice_counts_once(
     job = new_job()
     publisher.publish(draft(job, JobStatus.STARTED))
     publisher.publish(draft(job, JobStatus.PROGRESS, percent=5))
-    call = publish_call(keyspace.job(job), draft(job, status, percent=None), settings)
+    call = publish_call(
+        keyspace.job(job), draft(job, status, percent=None), settings, token=os.urandom(8).hex()
+    )
     first = publisher._publish(keys=call.keys, args=call.args)
     again = publisher._publish(keys=call.keys, args=call.args)
     assert again == first and int(first[0]) == 1 and int(first[1]) == 3
@@ -354,9 +357,25 @@ def test_a_publish_sent_twice_counts_once(
         assert publisher.publish(draft(job, JobStatus.PROGRESS)).seq == 4
 
 
+def test_a_cluster_publish_carries_a_token_and_a_single_redis_one_none(
+    settings: Settings, keyspace: KeySpace
+) -> None:
+    job = new_job()
+    tokens = {
+        publish_call(keyspace.job(job), draft(job, JobStatus.STARTED), settings).args[-1]
+        for _ in range(3)
+    }
+    if settings.cluster:
+        assert len(tokens) == 3 and all(len(str(t)) == 16 for t in tokens)
+    else:
+        assert tokens == {""}  # the script skips the token work: one Redis as before
+
+
 def test_only_the_last_four_tokens_are_kept(
     sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace
 ) -> None:
+    if not settings.cluster:
+        pytest.skip("tokens are sent on a Redis Cluster only")
     publisher = Publisher(sync_redis, settings)
     job = new_job()
     publisher.publish(draft(job, JobStatus.STARTED))
