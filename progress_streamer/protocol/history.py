@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import MalformedEvent, ProgressEvent, decode_event
@@ -104,7 +104,14 @@ class JobReader:
     async def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
         """None for an unknown job. `after=None` asks for the snapshot."""
         with state_of_job():
-            reply = await self._read(keys=[keys.state, keys.history], args=[_after(after)])
+            try:
+                reply = await self._read(keys=[keys.state, keys.history], args=[_after(after)])
+            except NoScriptError:
+                # A replica promoted by a failover starts with no scripts, and redis-py's
+                # cluster client loads one on the primaries its map knows, which may not
+                # include it yet: EVAL goes by the keys, and leaves the script cached there.
+                after_arg = str(_after(after))
+                reply = await self.redis.eval(READ_SINCE, 2, keys.state, keys.history, after_arg)  # type: ignore[misc]
             return catch_up_of(reply)
 
     async def snapshot(self, keys: JobKeys) -> ProgressEvent | None:

@@ -1,4 +1,5 @@
-"""The subscription hub: ONE Redis pub/sub connection per web process, for every job.
+"""The subscription hub: ONE Redis pub/sub connection per web process, for every job
+(on a Redis Cluster: one per primary, each job's channel on its slot's owner).
 
 Streams (`streaming/response.py`) register a `Subscriber` per client; the hub subscribes a job's
 channel when its first client arrives and unsubscribes when the last one leaves.
@@ -30,6 +31,25 @@ Deliberate choices:
   the job ends `StateLost` for every viewer: the loss wins.
 - A catch-up never dies unseen: whatever its read raises, each of its clients is
   released (with the replay, or `StateLost` for state it cannot read) or closed.
+- A job whose seq went back under a client (a failover's replica missed the last
+  writes; a restart from an older file) ends that client's stream `StateLost`: the
+  events it saw are gone and the next ones would reuse their seqs.
+
+Cluster mode (`REDIS_URL=redis+cluster://...`, sharded pub/sub, Redis >= 7):
+- One `_Link` per primary in use, each a bare connection with its own reader; a job's
+  channel is `SSUBSCRIBE`d on the owner of its slot (the hash tag `{job}`), one command
+  per channel (one slot per command). The slot map is the hub's own (shards.py).
+- Re-route: on `MOVED` or `CLUSTERDOWN`/`TRYAGAIN` in reply to an SSUBSCRIBE, on a
+  `sunsubscribe` Redis pushes unasked (the slot migrated, or the primary became a
+  replica: it keeps the connection), or on a lost connection, the channel's clients are
+  held, the router task refreshes the slot map (once for all the channels displaced, at
+  most ten times a second), subscribes the channel on the owner, and the confirmation
+  runs the same catch-up as a reconnect: no gap, no repeat. A primary that no longer
+  owns slots (failed over) has its connection closed.
+- Which command an error or a `sunsubscribe` answers is known from the order of the
+  link's commands (Redis answers in order): `_Link.sent`.
+- The reader's per-message path is the same in both modes: one comparison with the
+  link's message kind (`message` or `smessage`), then the fan-out.
 """
 
 from __future__ import annotations
@@ -186,6 +206,8 @@ class SubscriptionHub:
                 await link.conn.disconnect()
         if self._pool is not None:
             await self._pool.disconnect()
+        if self._shards is not None:
+            await self._shards.close()
 
     async def subscribe(self, sub: Subscriber, job_id: str) -> None:
         """Add the client to the job's channel; return once Redis confirmed it."""
@@ -415,7 +437,8 @@ class SubscriptionHub:
             link.acks.pop(name, None)
         channel = self._channels.get(name)
         if channel is not None and channel.link is link:
-            log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, exc)
+            why = f"{type(exc).__name__}: {exc}"  # MovedError's text is the slot and node
+            log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, why)
             self._reroute(name, channel, link)
 
     def _reroute(self, name: str, channel: _Channel, old: _Link) -> None:
@@ -463,7 +486,8 @@ class SubscriptionHub:
             log.info("%s is no longer a primary; its pub/sub connection closes", node)
             link.retired = True
             del self._links[node]
-            self.metrics.pubsub_connections.remove(node)
+            with contextlib.suppress(KeyError):  # never connected: no gauge yet
+                self.metrics.pubsub_connections.remove(node)
             for name, channel in self._channels.items():
                 if channel.link is link:
                     self._reroute(name, channel, link)

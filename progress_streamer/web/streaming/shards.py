@@ -12,7 +12,7 @@ client, and the connections inherit its address, credentials and TLS settings.
 
 from __future__ import annotations
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -28,7 +28,11 @@ from redis.exceptions import (
 CONNECT_TIMEOUT = 2.0
 
 # What a command raises while a primary restarts or fails over: worth another try soon.
+# redis-py 5.3's cluster client also raises AttributeError when it refreshes its map
+# under a command in flight (the connection closed beneath it: redis/redis-py#3835 and
+# kin); nothing else raises it in a history read.
 PASSING_ERRORS = (
+    AttributeError,
     ConnectionError,
     TimeoutError,
     ClusterDownError,
@@ -45,10 +49,19 @@ def slot_of(channel: str) -> int:
 
 
 class ShardMap:
-    """The owner of each channel's slot, from the cluster client's slot map."""
+    """The owner of each channel's slot, from a slot map of the hub's own.
+
+    Built from the cluster client's seeds and connection settings (so the links inherit
+    its credentials and TLS), but a separate map: redis-py replaces a map's node objects,
+    and closes their connections, on every refresh, which would break the commands the
+    web app's client has in flight. This map's only connection is the one its refresh
+    reads `CLUSTER SLOTS` on."""
 
     def __init__(self, cluster: RedisCluster, *, client_name: str) -> None:
-        self._nodes = cluster.nodes_manager
+        source = cluster.nodes_manager
+        kwargs = dict(source.connection_kwargs)
+        seeds = [ClusterNode(n.host, n.port, **kwargs) for n in source.startup_nodes.values()]
+        self._nodes = NodesManager(seeds, False, kwargs)
         self._client_name = client_name
 
     def owner(self, channel: str) -> ClusterNode | None:
@@ -62,6 +75,10 @@ class ShardMap:
     async def refresh(self) -> None:
         """Read the slot map again (`CLUSTER SLOTS` from the first reachable node)."""
         await self._nodes.initialize()
+
+    async def close(self) -> None:
+        await self._nodes.aclose("startup_nodes")
+        await self._nodes.aclose()
 
     def primaries(self) -> set[str]:
         """The names (`host:port`) of the primaries the map knows."""
