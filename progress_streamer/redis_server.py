@@ -53,10 +53,12 @@ class RedisServer:
         *,
         appendonly: bool = False,
         directory: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary or find_redis_server()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = extra_args  # e.g. the cluster options (tests/support/redis_cluster.py)
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="progress-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -82,6 +84,7 @@ class RedisServer:
             "--maxclients", "10000",
             "--loglevel", "warning",
             "--logfile", self.logfile,
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -105,6 +108,10 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
 
     def stop(self, *, remove_data: bool = False) -> None:
         if self.process is not None and self.process.poll() is None:

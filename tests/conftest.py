@@ -14,9 +14,11 @@ import pytest
 import redis
 import redis.asyncio
 
+from progress_streamer.protocol.connections import async_client, sync_client
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import RedisServer
+from tests.support.redis_cluster import RedisCluster, cluster_unavailable
 
 UNRETRIEVED = "exception was never retrieved"
 
@@ -69,18 +71,59 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-primary Redis Cluster of PATH's redis-server >= 7 for the session (tests that
+    kill, restart or migrate start their own `RedisCluster`). Skips, saying why, when
+    that binary is missing or too old."""
+    why = cluster_unavailable()
+    if why is not None:
+        pytest.skip(f"Redis Cluster tests need redis-server >= 7 on PATH: {why}")
+    with RedisCluster(primaries=3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_redis_modes` runs twice: on one Redis, and on a Redis Cluster
+    (`redis_mode` = 'cluster': `settings`, `sync_redis` and `async_redis` follow)."""
+    if metafunc.definition.get_closest_marker("both_redis_modes") is not None:
+        if "redis_mode" in metafunc.fixturenames:
+            metafunc.parametrize(
+                "redis_mode",
+                ["standalone", pytest.param("cluster", marks=pytest.mark.cluster)],
+                indirect=True,
+            )
+
+
 @pytest.fixture
-def settings(redis_server: RedisServer, prefix: str) -> Settings:
-    return Settings(
+def redis_mode(request: pytest.FixtureRequest) -> str:
+    """'standalone' (the session's redis-server), or 'cluster' for `both_redis_modes`."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture
+def settings(
+    redis_server: RedisServer, prefix: str, redis_mode: str, request: pytest.FixtureRequest
+) -> Settings:
+    base = Settings(
         redis_url=redis_server.url,
         key_prefix=prefix,
         auth="none",
         throttle_ms=50,
+    )
+    if redis_mode != "cluster":
+        return base
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    # Celery's broker and ARQ's queue cannot live on a cluster: the session's Redis.
+    return base.replace(
+        redis_url=cluster.url,
+        celery_broker_url=redis_server.url,
+        arq_redis_url=redis_server.url,
     )
 
 
@@ -90,14 +133,28 @@ def keyspace(prefix: str) -> KeySpace:
 
 
 @pytest.fixture
-def sync_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+def sync_redis(
+    redis_server: RedisServer, redis_mode: str, request: pytest.FixtureRequest
+) -> Iterator[redis.Redis]:
+    if redis_mode == "cluster":
+        cluster_client = sync_client(request.getfixturevalue("settings"), max_connections=16)
+        yield cluster_client  # type: ignore[misc]
+        cluster_client.close()
+        return
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
 
 
 @pytest.fixture
-async def async_redis(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+async def async_redis(
+    redis_server: RedisServer, redis_mode: str, request: pytest.FixtureRequest
+) -> AsyncIterator[redis.asyncio.Redis]:
+    if redis_mode == "cluster":
+        cluster_client = async_client(request.getfixturevalue("settings"), max_connections=16)
+        yield cluster_client  # type: ignore[misc]
+        await cluster_client.aclose()
+        return
     client = redis.asyncio.Redis.from_url(redis_server.url)
     yield client
     await client.aclose()

@@ -26,7 +26,7 @@ from progress_streamer.protocol.event import (
     Report,
     check_report,
 )
-from progress_streamer.protocol.files import check_file, file_fields
+from progress_streamer.protocol.files import aattach_file
 from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.log_lines import LogLines
 from progress_streamer.protocol.outcome import error_of, result_error, shorter_errors
@@ -117,16 +117,12 @@ class JobRun:
     ) -> None:
         """Store a file for `GET /api/v1/jobs/<id>/result`; raises `files.FileTooLarge`.
 
-        The format is `protocol.files.attach_file`'s (that one is synchronous, for Celery).
+        The asyncio twin of `protocol.files.attach_file` (that one is synchronous, for Celery).
         """
-        settings = self.publisher.settings
-        check_file(name, data, content_type, settings.max_file_bytes)
-        key = self.publisher.keyspace.job(self.job_id).file
-        async with self.publisher.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping=file_fields(name, data, content_type))
-            pipe.expire(key, settings.job_ttl)
-            await pipe.execute()
+        publisher = self.publisher
+        await aattach_file(
+            publisher.redis, publisher.settings, self.job_id, name, data, content_type
+        )
 
     async def succeed(self, result: Any) -> PublishOutcome:
         await self._flush()

@@ -22,6 +22,7 @@ from arq.jobs import Job
 from arq.jobs import JobStatus as ArqStatus
 
 from progress_streamer.arq.worker_settings import abort_jobs, queue_name_of
+from progress_streamer.protocol.connections import AsyncRedis, async_client, queue_pool
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.family import ChildPlan, FamilyKind, FamilyPlan, arecord_family
 from progress_streamer.protocol.keys import KeySpace
@@ -88,13 +89,17 @@ class ArqRunner(JobRunner):
         self.keyspace = KeySpace(settings.key_prefix)
         self.queue_name = queue_name or queue_name_of(settings)
         self.pending_index = self.keyspace.arq_pending(self.queue_name)
+        # ARQ's queue and our progress state share one Redis unless REDIS_URL is a cluster
+        # or ARQ_REDIS_URL names another: then the progress writes get a client of their own.
+        self._one_redis = not settings.cluster and settings.arq_url == settings.redis_url
         self._pool: ArqRedis | None = None
+        self._publisher: AsyncPublisher | None = None
 
     # --- synchronous, for a worker thread (the web app's `JobRunner` protocol) ---
 
     def enqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
         """Publish `pending`, then put the job on ARQ's queue. Not from an event loop."""
-        self._run_once(lambda pool: self._enqueue(pool, job_id, task, params))
+        self._run_once(lambda pool, publisher: self._enqueue(pool, publisher, job_id, task, params))
 
     def enqueue_family(
         self, parent_id: str, kind: str, children: list[ChildJob], fail_fast: bool
@@ -106,19 +111,25 @@ class ArqRunner(JobRunner):
                 f"the ARQ runner runs groups only, not a {kind}: ARQ has no canvas to run "
                 'one task after another; send it with "runner": "celery"'
             )
-        self._run_once(lambda pool: self._enqueue_group(pool, parent_id, children, fail_fast))
+        self._run_once(
+            lambda pool, publisher: self._enqueue_group(
+                pool, publisher, parent_id, children, fail_fast
+            )
+        )
 
     def cancel(self, job_id: str) -> PublishOutcome:
         """Publish `revoked` (refused when already terminal: then nothing else), then abort."""
-        return self._run_once(lambda pool: self._cancel(pool, job_id))
+        return self._run_once(lambda pool, publisher: self._cancel(pool, publisher, job_id))
 
     # --- asyncio, for callers on one long-lived loop ---
 
     async def aenqueue(self, job_id: str, task: str, params: dict[str, Any]) -> None:
-        await self._enqueue(await self._shared_pool(), job_id, task, params)
+        pool = await self._shared_pool()
+        await self._enqueue(pool, self._shared_publisher(pool), job_id, task, params)
 
     async def acancel(self, job_id: str) -> PublishOutcome:
-        return await self._cancel(await self._shared_pool(), job_id)
+        pool = await self._shared_pool()
+        return await self._cancel(pool, self._shared_publisher(pool), job_id)
 
     async def queue_status(self, job_id: str) -> QueueStatus | None:
         """A job ARQ knows but we hold no snapshot of (enqueued without `publish_pending`).
@@ -164,9 +175,10 @@ class ArqRunner(JobRunner):
             num=batch,
         )
         settled = []
+        publisher = self._shared_publisher(pool)
         for raw in due:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if await self._settle(pool, job_id):
+            if await self._settle(pool, publisher, job_id):
                 settled.append(job_id)
         return settled
 
@@ -184,9 +196,10 @@ class ArqRunner(JobRunner):
             except TimeoutError:
                 pass
 
-    async def _settle(self, pool: ArqRedis, job_id: str) -> bool:
+    async def _settle(self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str) -> bool:
         index = self.pending_index
-        status = await pool.hget(self.keyspace.job(job_id).state, "status")  # type: ignore[misc]
+        state = self.keyspace.job(job_id).state
+        status = await publisher.redis.hget(state, "status")  # type: ignore[misc]
         if status != JobStatus.PENDING.value.encode():  # started, ended, or its state is gone
             await pool.zrem(index, job_id)
             return False
@@ -203,7 +216,7 @@ class ArqRunner(JobRunner):
             result=outcome.result if outcome.status is JobStatus.SUCCESS else None,
             error=outcome.error,
         )
-        published = await AsyncPublisher(pool, self.settings).publish(draft)
+        published = await publisher.publish(draft)
         await pool.zrem(index, job_id)
         if published.accepted:
             log.warning("job %s: ARQ ended it without running it (%s)", job_id, outcome.error)
@@ -211,6 +224,9 @@ class ArqRunner(JobRunner):
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None and publisher.redis is not pool:
+            await publisher.redis.aclose()
         if pool is not None:
             await pool.aclose()
             await pool.connection_pool.disconnect()  # a pool passed in is not closed with it
@@ -218,10 +234,9 @@ class ArqRunner(JobRunner):
     # --- the work, on a given connection pool ---
 
     async def _enqueue(
-        self, pool: ArqRedis, job_id: str, task: str, params: dict[str, Any],
-        *, pending_published: bool = False,
+        self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str, task: str,
+        params: dict[str, Any], *, pending_published: bool = False,
     ) -> None:  # fmt: skip
-        publisher = AsyncPublisher(pool, self.settings)
         if not pending_published:
             outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.PENDING))
             if not outcome.accepted:
@@ -244,7 +259,12 @@ class ArqRunner(JobRunner):
             raise
 
     async def _enqueue_group(
-        self, pool: ArqRedis, parent_id: str, children: list[ChildJob], fail_fast: bool
+        self,
+        pool: ArqRedis,
+        publisher: AsyncPublisher,
+        parent_id: str,
+        children: list[ChildJob],
+        fail_fast: bool,
     ) -> None:
         plan = FamilyPlan(
             parent_id=parent_id,
@@ -253,11 +273,10 @@ class ArqRunner(JobRunner):
             fail_fast=fail_fast,
             runner="arq",
         )
-        publisher = AsyncPublisher(pool, self.settings)
         await arecord_family(publisher, plan)
         for index, child in enumerate(children):  # their `pending` is recorded with the family
             try:
-                await self._enqueue(pool, child.job_id, child.task, child.params,
+                await self._enqueue(pool, publisher, child.job_id, child.task, child.params,
                                     pending_published=True)  # fmt: skip
             except Exception as exc:  # this one failed (and says so): so do those not sent
                 error = error_of(exc)
@@ -266,9 +285,10 @@ class ArqRunner(JobRunner):
                     await _quietly(publisher.publish(draft))
                 raise
 
-    async def _cancel(self, pool: ArqRedis, job_id: str) -> PublishOutcome:
-        publisher = AsyncPublisher(pool, self.settings)
-        if await pool.exists(self.keyspace.family(job_id)):  # a parent: child by child
+    async def _cancel(
+        self, pool: ArqRedis, publisher: AsyncPublisher, job_id: str
+    ) -> PublishOutcome:
+        if await publisher.redis.exists(self.keyspace.family(job_id)):  # a parent: one by one
             publisher.families.revoke_tasks = lambda ids: self._abort_all(pool, ids)
             return await publisher.families.cancel(job_id)
         outcome = await publisher.publish(EventDraft(job_id=job_id, status=JobStatus.REVOKED))
@@ -284,30 +304,38 @@ class ArqRunner(JobRunner):
 
     async def _shared_pool(self) -> ArqRedis:
         if self._pool is None:
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.settings.redis_url,
-                max_connections=SHARED_POOL_SIZE,
-                timeout=SHARED_POOL_TIMEOUT,
-                socket_connect_timeout=2.0,
-                socket_timeout=SHARED_POOL_TIMEOUT,
+            pool = queue_pool(
+                self.settings.arq_url, max_connections=SHARED_POOL_SIZE, timeout=SHARED_POOL_TIMEOUT
             )
             self._pool = ArqRedis(pool, default_queue_name=self.queue_name)
         return self._pool
 
+    def _shared_publisher(self, pool: ArqRedis) -> AsyncPublisher:
+        if self._publisher is None:
+            client = pool if self._one_redis else self._progress_client(SHARED_POOL_SIZE)
+            self._publisher = AsyncPublisher(client, self.settings)
+        return self._publisher
+
+    def _progress_client(self, size: int) -> AsyncRedis:
+        return async_client(self.settings, max_connections=size, socket_timeout=SHARED_POOL_TIMEOUT)
+
     async def _connect(self) -> ArqRedis:
         # No connection retries: a request should fail fast (ARQ's default waits 5 s).
         redis_settings = dataclasses.replace(
-            RedisSettings.from_dsn(self.settings.redis_url), conn_retries=0
+            RedisSettings.from_dsn(self.settings.arq_url), conn_retries=0
         )
         return await create_pool(redis_settings, default_queue_name=self.queue_name)
 
-    def _run_once(self, work: Callable[[ArqRedis], Awaitable[R]]) -> R:
+    def _run_once(self, work: Callable[[ArqRedis, AsyncPublisher], Awaitable[R]]) -> R:
         async def main() -> R:
             pool = await self._connect()
+            progress = pool if self._one_redis else self._progress_client(2)
             try:
-                return await work(pool)
+                return await work(pool, AsyncPublisher(progress, self.settings))
             finally:
                 await pool.aclose()
+                if progress is not pool:
+                    await progress.aclose()
 
         return asyncio.run(main())
 

@@ -24,13 +24,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import redis.asyncio
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job, ResultNotFound
 from arq.utils import to_seconds
 from arq.worker import Function, Retry, func
 
 from progress_streamer.arq.run import JobAlreadyFinished, JobRun
+from progress_streamer.protocol.connections import acheck_server, async_client
 from progress_streamer.protocol.keys import is_valid_job_id
 from progress_streamer.protocol.outcome import error_info
 from progress_streamer.protocol.publisher import AsyncPublisher
@@ -45,6 +45,9 @@ PUBLISHER = "progress_publisher"  # ctx key of the worker's AsyncPublisher
 RUN_TASK = "progress_run_task"  # ctx key of ARQ's run_job task (tells shutdown from abort)
 RUN_STARTED = "progress_run_started"  # ctx key: loop time when ARQ began the run
 MARKER = "progress_streaming"  # set on the `on_startup` hook of rewritten settings
+# Connections an ARQ worker holds to the progress Redis (per node on a cluster): one per
+# running job at most (ARQ's `max_jobs` defaults to 10) plus the lease heartbeats.
+PUBLISHER_POOL_SIZE = 32
 _ARQ_DEFAULTS = {"job_timeout": 300.0, "max_tries": 5, "retry_jobs": True}
 
 
@@ -73,7 +76,7 @@ def progress_worker_settings(
     """
     settings = settings or Settings.from_env()
     base = {
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": RedisSettings.from_dsn(settings.arq_url),
         "queue_name": queue_name_of(settings),
         **options,
         "functions": list(functions),
@@ -129,7 +132,8 @@ def _chain(first: Hook | None, second: Hook | None) -> Hook | None:
 def _starter(settings: Settings | None) -> Hook:
     async def start_publisher(ctx: dict[Any, Any]) -> None:
         resolved = settings or Settings.from_env()
-        client = redis.asyncio.Redis.from_url(resolved.redis_url, health_check_interval=30)
+        client = async_client(resolved, max_connections=PUBLISHER_POOL_SIZE)
+        await acheck_server(client)  # a cluster's primaries are Redis >= 7.0
         publisher = AsyncPublisher(client, resolved)
         # A parent's end revokes the unfinished children (fail_fast): abort the running ones.
         pool, queue = ctx["redis"], queue_name_of(resolved)

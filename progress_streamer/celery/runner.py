@@ -11,13 +11,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from celery import Celery
 
 from progress_streamer.celery.canvas import canvas_of, start
 from progress_streamer.celery.chord_backend import chord_backend_url
 from progress_streamer.celery.installer import install
 from progress_streamer.celery.runtime import runtime
+from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.family import FamilyKind
 from progress_streamer.protocol.keys import KeySpace
@@ -28,6 +28,8 @@ from progress_streamer.protocol.status import JobStatus
 
 log = logging.getLogger(__name__)
 
+RUNNER_POOL_SIZE = 64  # connections to the progress Redis (per node on a cluster)
+
 
 class CeleryRunner(JobRunner):
     """Sends jobs to Celery workers and cancels them."""
@@ -37,7 +39,8 @@ class CeleryRunner(JobRunner):
         self._own_app = app is None
         self.app = app if app is not None else sender_app(settings)
         self.keyspace = KeySpace(settings.key_prefix)
-        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        # Called from the web app's worker threads (anyio's default limit: 40).
+        self._client = sync_client(settings, max_connections=RUNNER_POOL_SIZE)
         self._publisher = Publisher(self._client, settings)
         self._publisher.families.revoke_tasks = self._revoke
         # The signal handlers of this process publish `pending` with our settings.

@@ -15,6 +15,7 @@ import time
 
 import redis
 
+from progress_streamer.protocol.connections import SyncRedis, sync_client
 from progress_streamer.protocol.estimate import RateEstimator
 from progress_streamer.protocol.event import EventDraft, EventTooLarge, Report
 from progress_streamer.protocol.incarnation import SeenState
@@ -27,6 +28,10 @@ from progress_streamer.protocol.throttle import ProgressThrottle
 
 log = logging.getLogger(__name__)
 
+# Connections one worker process may hold to the progress Redis (per node on a cluster):
+# a prefork child uses one at a time; a threads pool one per running task and heartbeat.
+POOL_SIZE = 32
+
 
 class WorkerRuntime:
     """Settings (from the environment unless configured) and a fork-safe publisher."""
@@ -34,10 +39,10 @@ class WorkerRuntime:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._settings: Settings | None = None
-        self._client: redis.Redis | None = None
+        self._client: SyncRedis | None = None
         self._publisher: Publisher | None = None
         self._pid = os.getpid()
-        self._inherited: list[redis.Redis] = []
+        self._inherited: list[SyncRedis] = []
         self._attempts: dict[str, RunningAttempt] = {}
 
     def configure(self, settings: Settings) -> None:
@@ -59,15 +64,13 @@ class WorkerRuntime:
             if os.getpid() != self._pid:
                 self.after_fork()
             if self._publisher is None:
-                self._client = redis.Redis.from_url(
-                    self.settings.redis_url, socket_timeout=10, health_check_interval=30
-                )
+                self._client = sync_client(self.settings, max_connections=POOL_SIZE)
                 self._publisher = Publisher(self._client, self.settings)
                 self._publisher.families.revoke_tasks = revoke_tasks
             return self._publisher
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> SyncRedis:
         return self.publisher.redis
 
     def after_fork(self) -> None:

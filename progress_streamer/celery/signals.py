@@ -29,8 +29,10 @@ from typing import Any
 import redis
 from billiard.exceptions import WorkerLostError
 from celery import signals
+from celery.exceptions import WorkerShutdown
 
 from progress_streamer.celery.runtime import RunningAttempt, runtime
+from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import (
     ErrorInfo,
     EventDraft,
@@ -41,6 +43,7 @@ from progress_streamer.protocol.incarnation import SEEN_HEADER, SeenState
 from progress_streamer.protocol.keys import is_valid_job_id
 from progress_streamer.protocol.outcome import error_info, error_of, result_error, shorter_errors
 from progress_streamer.protocol.publisher import PublishOutcome
+from progress_streamer.protocol.settings import SettingsError
 from progress_streamer.protocol.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -225,6 +228,21 @@ def on_worker_process_init(**_: Any) -> None:
     runtime.after_fork()
 
 
+def on_worker_init(**_: Any) -> None:
+    """On a Redis Cluster, check its primaries' version as the worker starts (before its
+    pool forks): one older than 7.0 stops the worker with the reason, instead of every
+    task failing to publish. Nothing is checked (nor connected) on one Redis."""
+    settings = runtime.settings
+    if not settings.cluster:
+        return
+    try:
+        sync_client(settings, max_connections=1).close()
+    except SettingsError as exc:
+        log.critical("%s", exc)
+        # SystemExit: Celery's signal dispatch logs and drops ordinary exceptions.
+        raise WorkerShutdown(str(exc)) from exc
+
+
 def connected() -> bool:
     """Whether this process's handlers are connected (`task_prerun` stands for all)."""
     return bool(signals.task_prerun.has_listeners()) and any(
@@ -243,3 +261,4 @@ def connect() -> None:
     signals.task_revoked.connect(on_task_revoked, weak=False)
     signals.task_unknown.connect(on_task_unknown, weak=False)
     signals.worker_process_init.connect(on_worker_process_init, weak=False)
+    signals.worker_init.connect(on_worker_init, weak=False)

@@ -3,6 +3,7 @@ the publish script and the publishers. It imports neither Starlette, Celery nor 
 
 from __future__ import annotations
 
+from progress_streamer.protocol.connections import async_client, sync_client
 from progress_streamer.protocol.event import (
     ErrorInfo,
     EventDraft,
@@ -50,7 +51,9 @@ __all__ = [
     "Settings",
     "SettingsError",
     "arecord_family",
+    "async_client",
     "decode_event",
     "is_valid_job_id",
     "record_family",
+    "sync_client",
 ]

@@ -9,7 +9,7 @@ a function), so `seq`, history, snapshot and the refusal after a terminal event 
 
 from __future__ import annotations
 
-from progress_streamer.protocol.scripts import PUBLISH
+from progress_streamer.protocol.scripts import publish_script
 
 # KEYS[1..4] the parent's state hash, history, file hash, channel; KEYS[5] its family hash
 # ARGV[1] op: 'child' | 'flush' | 'cancel' | 'cancelled'
@@ -227,10 +227,16 @@ return settle(newc ~= oldc or step_changed)
 """
 
 
-def _embedded_publish() -> str:
+def _embedded_publish(cluster: bool) -> str:
     """The publish script's body as a Lua function body (its `KEYS`/`ARGV` become the
     function's parameters), so a parent's events take exactly the same path."""
-    return PUBLISH
+    return publish_script(cluster)
 
 
-FAMILY = FAMILY_TEMPLATE.replace("__PUBLISH__", _embedded_publish())
+FAMILY = FAMILY_TEMPLATE.replace("__PUBLISH__", _embedded_publish(False))
+SHARDED_FAMILY = FAMILY_TEMPLATE.replace("__PUBLISH__", _embedded_publish(True))
+
+
+def family_script(cluster: bool) -> str:
+    """The family script for one Redis (`PUBLISH`) or a Redis Cluster (`SPUBLISH`)."""
+    return SHARDED_FAMILY if cluster else FAMILY

@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio
-
+from progress_streamer.protocol.connections import AsyncRedis
 from progress_streamer.protocol.event import MalformedEvent, decode_event
 from progress_streamer.protocol.family_update import STATE_LOST_CHILD, ChildUpdate
 from progress_streamer.protocol.keys import StateField, is_valid_job_id
@@ -36,7 +35,7 @@ class FamilySweeper:
 
     def __init__(self, publisher: AsyncPublisher, *, batch: int = 50) -> None:
         self.publisher = publisher
-        self.redis: redis.asyncio.Redis = publisher.redis
+        self.redis: AsyncRedis = publisher.redis
         self.keyspace = publisher.keyspace
         self.settings = publisher.settings
         self.batch = batch

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio
 
+from progress_streamer.protocol.connections import ascript, script
 from progress_streamer.protocol.event import EventDraft, ProgressEvent
-from progress_streamer.protocol.family_script import FAMILY
+from progress_streamer.protocol.family_script import family_script
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
@@ -160,7 +161,7 @@ class FamilyDriver:
 
     def __init__(self, publisher: Publisher) -> None:
         self.publisher = publisher
-        self._script = publisher.redis.register_script(FAMILY)
+        self._script = script(publisher.redis, family_script(publisher.settings.cluster))
         self._lock = threading.Lock()
         self._timers: dict[str, threading.Timer] = {}
         self.revoke_tasks: Callable[[list[str]], None] | None = None
@@ -247,7 +248,7 @@ class AsyncFamilyDriver:
 
     def __init__(self, publisher: AsyncPublisher) -> None:
         self.publisher = publisher
-        self._script = publisher.redis.register_script(FAMILY)
+        self._script = ascript(publisher.redis, family_script(publisher.settings.cluster))
         self._flushes: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.revoke_tasks: Callable[[list[str]], Any] | None = None

@@ -1,6 +1,7 @@
 """Files a job attaches for download, stored in Redis beside the job's state.
 
-The worker writes with `attach_file` (sync; Celery) and the web app reads with
+The worker writes with `attach_file` (sync; Celery) or `aattach_file` (ARQ), in one
+script call (one slot: it works on a Redis Cluster), and the web app reads with
 `file_info` and `read_chunks` (asyncio). One hash per job, `KeySpace.job(id).file`, with
 the fields `name`, `content_type`, `size`, `chunks` and the data in pieces of
 `CHUNK_BYTES` (`chunk:0`, `chunk:1`, ...), expiring with the job (the publish script
@@ -13,10 +14,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import redis
-import redis.asyncio
-
+from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.keys import FileField, KeySpace
+from progress_streamer.protocol.scripts import WRITE_HASH, write_hash_args
 from progress_streamer.protocol.settings import Settings
 
 MAX_NAME_CHARS = 255
@@ -64,7 +64,7 @@ def _check_text(what: str, value: object) -> None:
 
 
 def attach_file(
-    client: redis.Redis,
+    client: SyncRedis,
     settings: Settings,
     job_id: str,
     name: str,
@@ -74,11 +74,26 @@ def attach_file(
     """Store (or replace) the job's file, with the job's TTL; raises `FileTooLarge`."""
     check_file(name, data, content_type, settings.max_file_bytes)
     key = KeySpace(settings.key_prefix).job(job_id).file
-    with client.pipeline(transaction=True) as pipe:
-        pipe.delete(key)
-        pipe.hset(key, mapping=file_fields(name, data, content_type))
-        pipe.expire(key, settings.job_ttl)
-        pipe.execute()
+    fields = file_fields(name, data, content_type)
+    script(client, WRITE_HASH)(
+        keys=[key], args=write_hash_args(settings.job_ttl, fields, replace=True)
+    )
+
+
+async def aattach_file(
+    client: AsyncRedis,
+    settings: Settings,
+    job_id: str,
+    name: str,
+    data: bytes,
+    content_type: str = "application/octet-stream",
+) -> None:
+    """`attach_file` for asyncio code (ARQ jobs)."""
+    check_file(name, data, content_type, settings.max_file_bytes)
+    key = KeySpace(settings.key_prefix).job(job_id).file
+    fields = file_fields(name, data, content_type)
+    args = write_hash_args(settings.job_ttl, fields, replace=True)
+    await ascript(client, WRITE_HASH)(keys=[key], args=args)
 
 
 def file_fields(name: str, data: bytes, content_type: str) -> dict[str, str | bytes | int]:
@@ -104,9 +119,7 @@ def chunk_field(index: int) -> str:
     return f"{FileField.CHUNK_PREFIX}{index}"
 
 
-async def file_info(
-    client: redis.asyncio.Redis, keyspace: KeySpace, job_id: str
-) -> StoredFile | None:
+async def file_info(client: AsyncRedis, keyspace: KeySpace, job_id: str) -> StoredFile | None:
     """The job's attached file's name, type and size (not its data), or None."""
     key = keyspace.job(job_id).file
     fields = [FileField.NAME, FileField.CONTENT_TYPE, FileField.SIZE, FileField.CHUNKS]
@@ -122,7 +135,7 @@ async def file_info(
 
 
 async def read_chunks(
-    client: redis.asyncio.Redis, keyspace: KeySpace, job_id: str, stored: StoredFile
+    client: AsyncRedis, keyspace: KeySpace, job_id: str, stored: StoredFile
 ) -> AsyncIterator[bytes]:
     """The file's data, one chunk per Redis read; `FileChanged` if it vanished meanwhile."""
     key = keyspace.job(job_id).file
@@ -133,7 +146,7 @@ async def read_chunks(
         yield chunk
 
 
-async def read_file(client: redis.asyncio.Redis, keyspace: KeySpace, job_id: str) -> bytes | None:
+async def read_file(client: AsyncRedis, keyspace: KeySpace, job_id: str) -> bytes | None:
     """The whole file's data, or None when it has none (for tests and small tools)."""
     stored = await file_info(client, keyspace, job_id)
     if stored is None:

@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-import redis.asyncio
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
+from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import MalformedEvent, ProgressEvent, decode_event
 from progress_streamer.protocol.keys import JobKeys, StateField
 from progress_streamer.protocol.scripts import READ_SINCE
@@ -98,14 +97,21 @@ def catch_up_of(reply: list[Any]) -> CatchUp | None:
 class JobReader:
     """Reads jobs' state for the web app (asyncio)."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: AsyncRedis) -> None:
         self.redis = client
-        self._read = client.register_script(READ_SINCE)
+        self._read = ascript(client, READ_SINCE)
 
     async def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
         """None for an unknown job. `after=None` asks for the snapshot."""
         with state_of_job():
-            reply = await self._read(keys=[keys.state, keys.history], args=[_after(after)])
+            try:
+                reply = await self._read(keys=[keys.state, keys.history], args=[_after(after)])
+            except NoScriptError:
+                # A replica promoted by a failover starts with no scripts, and redis-py's
+                # cluster client loads one on the primaries its map knows, which may not
+                # include it yet: EVAL goes by the keys, and leaves the script cached there.
+                after_arg = str(_after(after))
+                reply = await self.redis.eval(READ_SINCE, 2, keys.state, keys.history, after_arg)  # type: ignore[misc]
             return catch_up_of(reply)
 
     async def snapshot(self, keys: JobKeys) -> ProgressEvent | None:
@@ -117,9 +123,9 @@ class JobReader:
 class SyncJobReader:
     """The same reads for synchronous code (tests, Celery-side tools)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: SyncRedis) -> None:
         self.redis = client
-        self._read = client.register_script(READ_SINCE)
+        self._read = script(client, READ_SINCE)
 
     def events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
         with state_of_job():

@@ -10,18 +10,18 @@ second script call, in the parent's slot.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis
-import redis.asyncio
-
+from progress_streamer.protocol.connections import AsyncRedis, SyncRedis, ascript, script
 from progress_streamer.protocol.event import EventDraft
+from progress_streamer.protocol.failover import athrough_failover, through_failover
 from progress_streamer.protocol.family_update import AsyncFamilyDriver, ChildUpdate, FamilyDriver
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
 from progress_streamer.protocol.keys import JobKeys, KeySpace
-from progress_streamer.protocol.scripts import PUBLISH, TOUCH_LEASE
+from progress_streamer.protocol.scripts import TOUCH_LEASE, publish_script
 from progress_streamer.protocol.settings import Settings
 
 
@@ -56,11 +56,17 @@ def publish_call(
     condition: str = "",
     lease_seconds: float | None = None,
     seen: SeenState | None = None,
+    token: str | None = None,
 ) -> PublishCall:
     """The script's KEYS and ARGV for one draft (raises before anything is sent).
 
     `seen` is the job's state as this publisher last saw it (`PublishOutcome.seen`): if
-    it is gone, the loss wins (protocol/incarnation.py) and this draft is refused."""
+    it is gone, the loss wins (protocol/incarnation.py) and this draft is refused.
+    `token` makes the call idempotent (scripts.py). On a Redis Cluster each call gets a
+    fresh random one by default, made in-process: redis-py's cluster client sends a
+    command again after a connection error (a failover), and the repeat gets the first
+    answer instead of a second event. On one Redis, where redis-py does not resend, the
+    default is none, and the script does exactly what it did before (no extra work)."""
     if not draft.ts:
         draft = replace(draft, ts=round(time.time(), 6))
     head, tail = draft.encode(settings.max_event_bytes)
@@ -78,6 +84,7 @@ def publish_call(
             "" if lease_seconds is None else lease_seconds,
             "" if seen is None else seen.epoch,
             "" if seen is None else seen.seq,
+            (os.urandom(8).hex() if settings.cluster else "") if token is None else token,
         ],
     )
 
@@ -103,12 +110,13 @@ def lease_deadline(reply: Any) -> float | None:
 class Publisher:
     """Publishes from synchronous code (Celery tasks and signals)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: SyncRedis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
-        self._publish = client.register_script(PUBLISH)
-        self._touch = client.register_script(TOUCH_LEASE)
+        self._cluster = settings.cluster
+        self._publish = script(client, publish_script(settings.cluster))
+        self._touch = script(client, TOUCH_LEASE)
         self.families = FamilyDriver(self)  # a child's accepted event updates its parent
 
     def publish(
@@ -127,13 +135,23 @@ class Publisher:
             lease_seconds=lease_seconds,
             seen=seen,
         )
-        outcome = outcome_of(self._publish(keys=call.keys, args=call.args))
+        if self._cluster:  # safe to send again: the call carries its token
+            reply = through_failover(lambda: self._publish(call.keys, call.args))
+        else:
+            reply = self._publish(keys=call.keys, args=call.args)
+        outcome = outcome_of(reply)
         if outcome.parent is not None:
             self.families.child_published(outcome.parent, ChildUpdate.of_draft(draft, outcome.seq))
         return outcome
 
     def touch_lease(self, job_id: str, attempt: int) -> float | None:
-        """Extend the lease and index it for the sweeper; None once the job is over."""
+        """Extend the lease and index it for the sweeper; None once the job is over.
+        On a cluster, both steps are sent again through a failover (both are idempotent)."""
+        if self._cluster:
+            return through_failover(lambda: self._touch_lease(job_id, attempt))
+        return self._touch_lease(job_id, attempt)
+
+    def _touch_lease(self, job_id: str, attempt: int) -> float | None:
         keys = self.keyspace.job(job_id)
         deadline = lease_deadline(
             self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
@@ -148,12 +166,13 @@ class Publisher:
 class AsyncPublisher:
     """Publishes from asyncio code (ARQ jobs, the web app, the sweeper)."""
 
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
-        self._publish = client.register_script(PUBLISH)
-        self._touch = client.register_script(TOUCH_LEASE)
+        self._cluster = settings.cluster
+        self._publish = ascript(client, publish_script(settings.cluster))
+        self._touch = ascript(client, TOUCH_LEASE)
         self.families = AsyncFamilyDriver(self)  # a child's accepted event updates its parent
 
     async def publish(
@@ -172,7 +191,11 @@ class AsyncPublisher:
             lease_seconds=lease_seconds,
             seen=seen,
         )
-        outcome = outcome_of(await self._publish(keys=call.keys, args=call.args))
+        if self._cluster:  # safe to send again: the call carries its token
+            reply = await athrough_failover(lambda: self._publish(call.keys, call.args))
+        else:
+            reply = await self._publish(keys=call.keys, args=call.args)
+        outcome = outcome_of(reply)
         if outcome.parent is not None:
             update = ChildUpdate.of_draft(draft, outcome.seq)
             await self.families.child_published(outcome.parent, update)
@@ -186,6 +209,11 @@ class AsyncPublisher:
         return await self.publish(draft, condition="lost", seen=seen)
 
     async def touch_lease(self, job_id: str, attempt: int) -> float | None:
+        if self._cluster:
+            return await athrough_failover(lambda: self._touch_lease(job_id, attempt))
+        return await self._touch_lease(job_id, attempt)
+
+    async def _touch_lease(self, job_id: str, attempt: int) -> float | None:
         keys = self.keyspace.job(job_id)
         reply = await self._touch(keys=[keys.state], args=[attempt, self.settings.lease_seconds])
         deadline = lease_deadline(reply)

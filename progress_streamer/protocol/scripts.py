@@ -19,8 +19,16 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 #   nothing of ARGV[1..2], only the loss)
 # ARGV[9] lease seconds to grant the running attempt ('' = leave the lease alone)
 # ARGV[10] the epoch the publisher saw ('' = none), ARGV[11] the last seq it saw ('' = 0)
+# ARGV[12] the publish's idempotency token ('' = none: one Redis, where redis-py does not
+#   resend; publisher.py sends one on a cluster): the state's field `tokens` keeps
+#   the last four accepted tokens with their answers ("<token> <seq> <attempt> <epoch>;"),
+#   so a publish sent again (a client's retry across a failover or a lost reply) gets
+#   its first answer back (and the parent, so the caller updates it then) and never
+#   bumps `seq` or `attempt` twice.
 # Returns {1, seq, attempt, epoch, parent} when accepted (parent: the state's `parent`
 # field, the job's parent job id, '' = none: family_update.py), {0, reason, seq} when refused.
+# The last call publishes on the job's channel: PUBLISH on one Redis, SPUBLISH (sharded
+# pub/sub, Redis >= 7) on a cluster: `publish_script(cluster)`.
 # The loss wins (protocol/incarnation.py): when the state the publisher saw is gone, or a
 # stream marked the job lost, the script stores a `StateLost` failure instead and
 # refuses with 'state_lost'; with the state gone, a 'lost' report only marks the job
@@ -28,6 +36,16 @@ from progress_streamer.protocol.incarnation import state_lost_tail_prefix
 PUBLISH_TEMPLATE = r"""
 local st = redis.call('HMGET', KEYS[1], 'seq', 'status', 'attempt', 'percent', 'lease',
                       'epoch', 'lost', 'parent')
+local token = ARGV[12] or ''  -- none from the family script's embedded call
+local tokens = false
+if token ~= '' then
+  tokens = redis.call('HGET', KEYS[1], 'tokens')
+  local at = tokens and string.find(tokens, token .. ' ', 1, true)
+  if at then
+    local s, a, e = string.match(tokens, '^(%d+) (%d+) (%d+);', at + #token + 1)
+    return {1, tonumber(s), tonumber(a), e, st[8] or ''}
+  end
+end
 local seq = tonumber(st[1]) or 0
 local cur = st[2]
 local cur_attempt = tonumber(st[3]) or 0
@@ -47,7 +65,7 @@ local function write(s, e, stat, att, tail)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[3], ttl)
-  redis.call('PUBLISH', KEYS[4], event)
+  redis.call('__PUBLISH__', KEYS[4], event)
 end
 local function lose()
   if cur and terminal[cur] then return {0, 'terminal', seq} end
@@ -108,9 +126,21 @@ if terminal[status] then
 elseif ARGV[9] ~= '' then
   redis.call('HSET', KEYS[1], 'lease', now_s + tonumber(ARGV[9]))
 end
+if token ~= '' then
+  local kept = token .. ' ' .. seq .. ' ' .. attempt .. ' ' .. epoch .. ';' .. (tokens or '')
+  redis.call('HSET', KEYS[1], 'tokens', string.match(kept, '^[^;]*;[^;]*;[^;]*;[^;]*;') or kept)
+end
 return {1, seq, attempt, epoch, st[8] or ''}
 """
-PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix())
+_PUBLISH = PUBLISH_TEMPLATE.replace("__STATE_LOST_TAIL__", state_lost_tail_prefix())
+PUBLISH = _PUBLISH.replace("__PUBLISH__", "PUBLISH")  # one Redis (the embedded 6.2 too)
+SHARDED_PUBLISH = _PUBLISH.replace("__PUBLISH__", "SPUBLISH")  # a Redis Cluster (>= 7.0)
+
+
+def publish_script(cluster: bool) -> str:
+    """The publish script for one Redis (`PUBLISH`) or a Redis Cluster (`SPUBLISH`)."""
+    return SHARDED_PUBLISH if cluster else PUBLISH
+
 
 # Read what a client needs to catch up, atomically with respect to publishes.
 # KEYS[1] state hash, KEYS[2] history list
@@ -149,3 +179,29 @@ local deadline = tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[2
 redis.call('HSET', KEYS[1], 'lease', deadline)
 return tostring(deadline)
 """
+
+# Write fields of one hash and give it a TTL, atomically (a MULTI/EXEC of DEL, HSET and
+# EXPIRE before, which a Redis Cluster client cannot send; a script can, on one slot).
+# KEYS[1] the hash   ARGV[1] TTL seconds   ARGV[2] '1': replace the hash, '0': add to it
+# ARGV[3], ARGV[4], ...: field, value, field, value...
+# Returns the number of fields written.
+WRITE_HASH = r"""
+if ARGV[2] == '1' then redis.call('DEL', KEYS[1]) end
+local n = 0
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  n = n + 1
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return n
+"""
+
+
+def write_hash_args(
+    ttl: int, mapping: dict[str, str | bytes | int], *, replace: bool
+) -> list[str | bytes | int]:
+    """WRITE_HASH's ARGV for `mapping`."""
+    args: list[str | bytes | int] = [ttl, "1" if replace else "0"]
+    for field, value in mapping.items():
+        args += [field, value]
+    return args

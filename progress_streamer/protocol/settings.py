@@ -57,11 +57,51 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
 def _redis_url(raw: str) -> str:
     value = raw.strip()
+    if value.startswith(CLUSTER_SCHEMES):
+        cluster_seeds(value)  # raises on a bad seed list
+        return value
     if not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        raise ValueError(
+            "must be a redis://, rediss:// or unix:// URL, or redis+cluster://host:port,... "
+            "(rediss+cluster:// with TLS) for a Redis Cluster"
+        )
     return value
+
+
+def _single_redis_url(raw: str) -> str:
+    value = _redis_url(raw)
+    if is_cluster_url(value):
+        raise ValueError(
+            "must be a non-cluster redis://, rediss:// or unix:// URL (arq "
+            "does not support Redis Cluster)"
+        )
+    return value
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def cluster_seeds(url: str) -> tuple[tuple[str, int], ...]:
+    """The (host, port) seed nodes of a `redis+cluster://[user:pass@]h1:p1,h2:p2[/0]` URL."""
+    rest = url.split("://", 1)[1]
+    rest = rest.split("?", 1)[0]
+    hosts, _, db = rest.partition("/")
+    if db not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only: drop the /<db>")
+    hosts = hosts.rpartition("@")[2]
+    seeds = []
+    for entry in hosts.split(","):
+        host, sep, port = entry.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"seed {entry!r} is not host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    return tuple(seeds)
 
 
 def _broker_url(raw: str) -> str:
@@ -110,7 +150,8 @@ class Settings:
     """Every knob of SPEC.md's configuration table, with its default."""
 
     redis_url: str = "redis://localhost:6379/0"
-    celery_broker_url: str | None = None  # None: use redis_url
+    celery_broker_url: str | None = None  # None: use redis_url (required in cluster mode)
+    arq_redis_url: str | None = None  # the ARQ queue's Redis; None: use redis_url
     port: int = 8000
     auth: str = "token"
     secret: str | None = None
@@ -142,6 +183,9 @@ class Settings:
     max_connections: int | None = None  # None: max_streams + CONNECTION_HEADROOM
     trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For/-Proto are believed
 
+    def __post_init__(self) -> None:
+        self.check_redis()
+
     @property
     def connection_cap(self) -> int:
         """Client connections a web process takes: more than its streams, so that a
@@ -153,6 +197,42 @@ class Settings:
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.redis_url
+
+    @property
+    def arq_url(self) -> str:
+        """The ARQ queue's Redis: never a cluster (arq does not support one)."""
+        return self.arq_redis_url or self.redis_url
+
+    @property
+    def cluster(self) -> bool:
+        """Progress state on a Redis Cluster (`REDIS_URL=redis+cluster://...`)."""
+        return is_cluster_url(self.redis_url)
+
+    def check_redis(self) -> None:
+        """The Redis URLs go together: in cluster mode the Celery broker and the ARQ queue
+        need their own non-cluster Redis (neither kombu nor arq supports a cluster)."""
+        if not self.cluster:
+            return
+        if not self.celery_broker_url:
+            raise SettingsError(
+                "CELERY_BROKER_URL is not set: with REDIS_URL on a Redis Cluster the Celery "
+                "broker needs its own non-cluster URL (kombu does not support Redis Cluster)"
+            )
+        if is_cluster_url(self.celery_broker_url) or "+cluster" in self.celery_broker_url:
+            raise SettingsError(
+                f"CELERY_BROKER_URL={self.celery_broker_url!r}: must be a non-cluster URL "
+                "(kombu does not support Redis Cluster)"
+            )
+        if not self.arq_redis_url:
+            raise SettingsError(
+                "ARQ_REDIS_URL is not set: with REDIS_URL on a Redis Cluster the ARQ queue "
+                "needs its own non-cluster redis:// URL (arq does not support Redis Cluster)"
+            )
+        if is_cluster_url(self.arq_redis_url):
+            raise SettingsError(
+                f"ARQ_REDIS_URL={self.arq_redis_url!r}: must be a non-cluster redis:// URL "
+                "(arq does not support Redis Cluster)"
+            )
 
     @property
     def auth_enabled(self) -> bool:
@@ -209,6 +289,7 @@ def check_secret(secret: str | None) -> str:
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_URL": ("redis_url", _redis_url),
     "CELERY_BROKER_URL": ("celery_broker_url", _broker_url),
+    "ARQ_REDIS_URL": ("arq_redis_url", _single_redis_url),
     "PORT": ("port", _int(1, 65535)),
     "PROGRESS_AUTH": ("auth", _choice("token", "none")),
     "PROGRESS_SECRET": ("secret", _text),

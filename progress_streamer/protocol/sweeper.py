@@ -13,8 +13,8 @@ import asyncio
 import logging
 
 import redis
-import redis.asyncio
 
+from progress_streamer.protocol.connections import AsyncRedis
 from progress_streamer.protocol.event import ErrorInfo, EventDraft
 from progress_streamer.protocol.family_sweeper import FamilySweeper
 from progress_streamer.protocol.history import is_wrong_type
@@ -31,9 +31,7 @@ WORKER_LOST = ErrorInfo(type="WorkerLost", message="the worker running this job 
 class LeaseSweeper:
     """Finds expired leases and fails their jobs; `run` loops every lease / 4 seconds."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, settings: Settings, *, batch: int = 100
-    ) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings, *, batch: int = 100) -> None:
         self.redis = client
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)

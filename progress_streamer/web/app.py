@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from progress_streamer.protocol.connections import async_client
 from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher
@@ -125,14 +126,11 @@ def build_services(
     settings: Settings, catalog: Catalog, runners: Mapping[str, JobRunner]
 ) -> Services:
     metrics = Metrics()
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        settings.redis_url,
+    client = async_client(
+        settings,
         max_connections=REDIS_POOL_SIZE,
-        timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=2.0,
         socket_timeout=REDIS_TIMEOUT,
     )
-    client = redis.asyncio.Redis.from_pool(pool)
     reader = JobReader(client)
     hub = SubscriptionHub(
         settings,
@@ -140,6 +138,8 @@ def build_services(
         AsyncPublisher(client, settings),
         metrics,
         client_name=f"progress-hub-{settings.key_prefix}",
+        # Cluster mode: one pub/sub connection per primary, routed by this client's map.
+        cluster=client if isinstance(client, RedisCluster) else None,
     )
     limiter = StreamLimiter(settings)
     metrics.track(lambda: limiter.open, lambda: hub.watched_jobs)

@@ -19,6 +19,7 @@ from typing import Any
 import anyio.to_thread
 from starlette.responses import Response
 
+from progress_streamer.protocol.connections import acheck_server
 from progress_streamer.protocol.sweeper import LeaseSweeper
 from progress_streamer.web.errors import error_response
 from progress_streamer.web.services import Services
@@ -69,6 +70,11 @@ class Lifecycle:
 
 @contextlib.asynccontextmanager
 async def run_services(services: Services) -> AsyncIterator[None]:
+    try:
+        await acheck_server(services.redis)  # a cluster's primaries are Redis >= 7.0
+    except BaseException:
+        await services.redis.aclose()
+        raise
     await services.hub.start()
     services.keepalive.start()
     stop = asyncio.Event()

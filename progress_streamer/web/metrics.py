@@ -28,7 +28,21 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.redis_reconnects = Counter(
-            "progress_redis_reconnects", "Times the shared pub/sub connection was lost", registry=r
+            "progress_redis_reconnects", "Times a pub/sub connection was lost", registry=r
+        )
+        # One connection in standalone mode; one per primary in use in cluster mode.
+        self.pubsub_connections = Gauge(
+            "progress_pubsub_connections",
+            "Pub/sub connections up, per Redis node (host:port)",
+            ["node"],
+            registry=r,
+        )
+        self.reroutes = Counter(
+            "progress_reroutes",
+            "Job channels re-subscribed on their slot's owner after MOVED, a slot "
+            "migration, a failover or a lost connection (cluster mode), per node left",
+            ["node"],
+            registry=r,
         )
         self.bad_messages = Counter(
             "progress_bad_messages",
@@ -46,7 +60,7 @@ class Metrics:
         )
         self._open_streams = Gauge("progress_open_streams", "Open SSE streams", registry=r)
         self._watched_jobs = Gauge(
-            "progress_watched_jobs", "Job channels subscribed on the shared connection", registry=r
+            "progress_watched_jobs", "Job channels subscribed by the hub", registry=r
         )
         # Leak detection: the task count must return to its baseline once streams close.
         self._tasks = Gauge("progress_asyncio_tasks", "Live asyncio tasks", registry=r)

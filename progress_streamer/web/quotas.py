@@ -17,8 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-import redis.asyncio
-
+from progress_streamer.protocol.connections import AsyncRedis, ascript
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web.errors import ApiError
@@ -66,11 +65,11 @@ return 1
 class Quotas:
     """The quota checks of one app, on its Redis client."""
 
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings) -> None:
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
-        self._take = client.register_script(TAKE_TOKEN)
-        self._add_watch = client.register_script(ADD_WATCH)
+        self._take = ascript(client, TAKE_TOKEN)
+        self._add_watch = ascript(client, ADD_WATCH)
 
     async def take(self, endpoint: str, client: str) -> None:
         """One request of `client` to `endpoint`, or `429` with when to retry."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import redis.asyncio
 from starlette.requests import Request
 
+from progress_streamer.protocol.connections import AsyncRedis
 from progress_streamer.protocol.history import JobReader
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.runner import JobRunner
@@ -25,7 +25,7 @@ from progress_streamer.web.tokens import TokenSigner
 class Services:
     settings: Settings
     keyspace: KeySpace
-    redis: redis.asyncio.Redis
+    redis: AsyncRedis
     reader: JobReader
     hub: SubscriptionHub
     keepalive: Keepalive

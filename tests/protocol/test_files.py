@@ -22,6 +22,9 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
+
 
 async def test_a_file_round_trips_with_the_jobs_ttl(
     sync_redis: redis.Redis,

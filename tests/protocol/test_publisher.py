@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 
@@ -10,6 +11,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import (
     EventDraft,
     EventNotSerializable,
@@ -19,9 +21,12 @@ from progress_streamer.protocol.event import (
 from progress_streamer.protocol.history import JobReader, SyncJobReader
 from progress_streamer.protocol.incarnation import SeenState
 from progress_streamer.protocol.keys import KeySpace
-from progress_streamer.protocol.publisher import AsyncPublisher, Publisher
+from progress_streamer.protocol.publisher import AsyncPublisher, Publisher, publish_call
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
+
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
 
 
 def new_job() -> str:
@@ -43,7 +48,7 @@ def test_seq_has_no_gaps_or_repeats_under_concurrent_publishers(
     Publisher(sync_redis, settings).publish(draft(job, JobStatus.STARTED))
 
     def run() -> None:
-        publisher = Publisher(redis.Redis.from_url(settings.redis_url), settings)
+        publisher = Publisher(sync_client(settings, max_connections=1), settings)
         for _ in range(200):
             publisher.publish(draft(job, JobStatus.PROGRESS, message="x"))
 
@@ -131,15 +136,25 @@ def test_snapshot_is_the_last_event_byte_for_byte_as_published(
     publisher = Publisher(sync_redis, settings)
     job = new_job()
     keys = keyspace.job(job)
-    pubsub = sync_redis.pubsub()
-    pubsub.subscribe(keys.channel)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    # On a cluster the script ends in SPUBLISH: only a sharded subscription, on the
+    # primary owning the job's slot, hears it.
+    sharded = settings.cluster
+    listener = sync_redis
+    if sharded:
+        owner = sync_redis.get_node_from_key(keys.channel)  # type: ignore[attr-defined]
+        listener = redis.Redis(host=owner.host, port=owner.port)
+    pubsub = listener.pubsub()
+    (pubsub.ssubscribe if sharded else pubsub.subscribe)(keys.channel)
+    receive = pubsub.get_message
+    assert receive(timeout=5)["type"] == ("ssubscribe" if sharded else "subscribe")  # type: ignore[index]
     publisher.publish(draft(job, JobStatus.STARTED))
     publisher.publish(
         draft(job, JobStatus.PROGRESS, percent=75.0, step="rendering", current=3, total=4)
     )
-    published = [pubsub.get_message(timeout=5)["data"] for _ in range(2)]  # type: ignore[index]
+    published = [receive(timeout=5)["data"] for _ in range(2)]  # type: ignore[index]
     pubsub.close()
+    if listener is not sync_redis:
+        listener.close()
     assert history(sync_redis, keyspace, job) == published
     assert sync_redis.hget(keys.state, "event") == published[-1]
     event = json.loads(published[-1])
@@ -316,3 +331,56 @@ async def test_a_stream_s_loss_report_marks_the_job_until_it_is_published_again(
         (8, "StateLost")
     ]
     assert not await async_redis.hexists(keyspace.job(job).state, "lost")
+
+
+@pytest.mark.parametrize("status", [JobStatus.STARTED, JobStatus.PROGRESS, JobStatus.SUCCESS])
+def test_a_publish_sent_twice_counts_once(
+    sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace, status: JobStatus
+) -> None:
+    """A client that sends the same call again (its reply lost in a failover) gets the
+    first answer: no second seq, no second attempt, one event in the history."""
+    publisher = Publisher(sync_redis, settings)
+    job = new_job()
+    publisher.publish(draft(job, JobStatus.STARTED))
+    publisher.publish(draft(job, JobStatus.PROGRESS, percent=5))
+    call = publish_call(
+        keyspace.job(job), draft(job, status, percent=None), settings, token=os.urandom(8).hex()
+    )
+    first = publisher._publish(keys=call.keys, args=call.args)
+    again = publisher._publish(keys=call.keys, args=call.args)
+    assert again == first and int(first[0]) == 1 and int(first[1]) == 3
+    assert [decode_event(raw).seq for raw in history(sync_redis, keyspace, job)] == [1, 2, 3]
+    state = sync_redis.hmget(keyspace.job(job).state, ["seq", "attempt"])
+    assert state == [b"3", b"2" if status is JobStatus.STARTED else b"1"]
+    # A new call (a new token) is a new event, as before.
+    if status is not JobStatus.SUCCESS:
+        assert publisher.publish(draft(job, JobStatus.PROGRESS)).seq == 4
+
+
+def test_a_cluster_publish_carries_a_token_and_a_single_redis_one_none(
+    settings: Settings, keyspace: KeySpace
+) -> None:
+    job = new_job()
+    tokens = {
+        publish_call(keyspace.job(job), draft(job, JobStatus.STARTED), settings).args[-1]
+        for _ in range(3)
+    }
+    if settings.cluster:
+        assert len(tokens) == 3 and all(len(str(t)) == 16 for t in tokens)
+    else:
+        assert tokens == {""}  # the script skips the token work: one Redis as before
+
+
+def test_only_the_last_four_tokens_are_kept(
+    sync_redis: redis.Redis, settings: Settings, keyspace: KeySpace
+) -> None:
+    if not settings.cluster:
+        pytest.skip("tokens are sent on a Redis Cluster only")
+    publisher = Publisher(sync_redis, settings)
+    job = new_job()
+    publisher.publish(draft(job, JobStatus.STARTED))
+    for _ in range(10):
+        publisher.publish(draft(job, JobStatus.PROGRESS))
+    kept = sync_redis.hget(keyspace.job(job).state, "tokens")
+    assert isinstance(kept, bytes) and kept.count(b";") == 4
+    assert kept.split(b";")[0].split(b" ")[1] == b"11"  # the newest first, with its seq

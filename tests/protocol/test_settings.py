@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from progress_streamer.protocol.settings import VARIABLE_NAMES, Settings, SettingsError
+from progress_streamer.protocol.settings import (
+    VARIABLE_NAMES,
+    Settings,
+    SettingsError,
+    cluster_seeds,
+)
 from tests.support import ROOT
 
 SPEC_VARIABLES = {
@@ -25,10 +30,13 @@ HARDENING_VARIABLES = {
 }  # fmt: skip
 # Added by issue 15 (groups).
 GROUP_VARIABLES = {"PROGRESS_MAX_CHILDREN"}
+# Added by issue 16 (Redis Cluster: the ARQ queue's own non-cluster Redis).
+SCALE_OUT_VARIABLES = {"ARQ_REDIS_URL"}
 
 
-def test_the_variables_are_exactly_those_of_the_spec_the_hardening_and_groups() -> None:
-    assert set(VARIABLE_NAMES) == SPEC_VARIABLES | HARDENING_VARIABLES | GROUP_VARIABLES
+def test_the_variables_are_exactly_those_of_the_spec_the_hardening_and_later_issues() -> None:
+    expected = SPEC_VARIABLES | HARDENING_VARIABLES | GROUP_VARIABLES | SCALE_OUT_VARIABLES
+    assert set(VARIABLE_NAMES) == expected
 
 
 def test_every_variable_is_in_the_configuration_table() -> None:
@@ -105,3 +113,49 @@ def test_the_connection_cap_follows_the_stream_cap_and_stays_above_it() -> None:
     assert Settings.from_env(both).connection_cap == 150
     with pytest.raises(SettingsError, match="PROGRESS_MAX_CONNECTIONS=100 must be above"):
         Settings.from_env({**both, "PROGRESS_MAX_CONNECTIONS": "100"})
+
+
+CLUSTER = "redis+cluster://10.0.0.1:7000,10.0.0.2:7001"
+SINGLE = "redis://10.0.0.9:6379/0"
+
+
+def test_a_cluster_url_turns_cluster_mode_on_with_its_seeds() -> None:
+    s = Settings.from_env(
+        {"REDIS_URL": CLUSTER, "CELERY_BROKER_URL": SINGLE, "ARQ_REDIS_URL": SINGLE}
+    )
+    assert s.cluster and s.arq_url == SINGLE and s.broker_url == SINGLE
+    assert cluster_seeds(s.redis_url) == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert cluster_seeds("rediss+cluster://u:p@h:1/0") == (("h", 1),)
+    plain = Settings.from_env({"REDIS_URL": SINGLE})
+    assert not plain.cluster and plain.arq_url == SINGLE
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ARQ_REDIS_URL": SINGLE}, "CELERY_BROKER_URL is not set"),
+        ({"CELERY_BROKER_URL": SINGLE}, "ARQ_REDIS_URL is not set"),
+        ({"CELERY_BROKER_URL": CLUSTER, "ARQ_REDIS_URL": SINGLE}, "CELERY_BROKER_URL="),
+        ({"CELERY_BROKER_URL": SINGLE, "ARQ_REDIS_URL": CLUSTER}, "ARQ_REDIS_URL="),
+    ],
+)
+def test_cluster_mode_needs_its_own_non_cluster_broker_and_queue(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env({"REDIS_URL": CLUSTER, **env})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_URL", "redis+cluster://host-without-port"),
+        ("REDIS_URL", "redis+cluster://h:1/3"),
+        ("REDIS_URL", "redis+cluster://h:99999"),
+        ("ARQ_REDIS_URL", "redis+cluster://h:1"),
+        ("ARQ_REDIS_URL", "http://h:1"),
+    ],
+)
+def test_a_bad_redis_url_is_refused_naming_it(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})

@@ -20,6 +20,9 @@ from progress_streamer.protocol.status import JobStatus
 from progress_streamer.protocol.sweeper import LeaseSweeper
 from progress_streamer.redis_server import free_port
 
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
+
 
 def new_job() -> str:
     return uuid.uuid4().hex

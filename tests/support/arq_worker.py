@@ -29,6 +29,7 @@ from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.redis_server import RedisServer
 from tests.support import ROOT
+from tests.support.redis_cluster import queue_env
 
 LEASE_SECONDS = 2.0
 
@@ -61,6 +62,7 @@ class ArqWorker:
             "PROGRESS_LEASE_SECONDS": str(self.settings.lease_seconds),
             "PROGRESS_THROTTLE_MS": str(self.settings.throttle_ms),
             "PROGRESS_AUTH": "none",
+            **queue_env(self.settings),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "arq", self.settings_path],
@@ -75,7 +77,7 @@ class ArqWorker:
     def _wait_until_ready(self, timeout: float) -> None:
         """ARQ writes its health-check key on its first poll, after `on_startup`."""
         key = queue_name_of(self.settings) + ":health-check"
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = redis.Redis.from_url(self.settings.arq_url)  # the queue's Redis
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

@@ -25,10 +25,12 @@ import redis
 from celery import Celery
 
 from progress_streamer.celery.runner import CeleryRunner
+from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import ProgressEvent, decode_event
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.settings import Settings
 from tests.support import ROOT
+from tests.support.redis_cluster import queue_env
 from workers.celery_app import create_celery_app
 
 T = TypeVar("T")
@@ -140,6 +142,7 @@ def running_worker(
         "PROGRESS_LEASE_SECONDS": str(lease_seconds),
         "PROGRESS_THROTTLE_MS": str(settings.throttle_ms),
         "PYTHONPATH": str(ROOT),
+        **queue_env(settings),
     }
     command = [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
@@ -153,7 +156,7 @@ def running_worker(
             start_new_session=True,
         )  # fmt: skip
     app, runner = sender(settings, queue)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(settings, max_connections=8)
     worker = Worker(process, logfile, settings, queue, app, runner, client)
     try:
         wait_for(

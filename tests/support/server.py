@@ -17,9 +17,11 @@ from typing import Any
 
 import httpx
 import redis
+import redis.cluster
 import uvicorn
 
 from app.procfile import option_of
+from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import Publisher, PublishOutcome
@@ -36,7 +38,7 @@ class FakeRunner(JobRunner):
     """A runner that publishes like a real one, without any task queue."""
 
     def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url)
+        self.client = sync_client(settings, max_connections=16)
         self.publisher = Publisher(self.client, settings)
         self.enqueued: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -248,11 +250,18 @@ def read_events(client: httpx.Client, url: str) -> list[dict[str, Any]]:
 
 
 def publisher(settings: Settings) -> Publisher:
-    return Publisher(redis.Redis.from_url(settings.redis_url), settings)
+    """A publisher of the settings' Redis (one server or a cluster); close its `redis`."""
+    return Publisher(sync_client(settings, max_connections=16), settings)
 
 
 def numsub(client: redis.Redis, keyspace: KeySpace, job_id: str) -> int:
+    """Subscribers of the job's channel: its sharded ones on the owning primary when
+    `client` is a cluster client (the hub SSUBSCRIBEs there)."""
     channel = keyspace.job(job_id).channel
+    if isinstance(client, redis.cluster.RedisCluster):
+        owner = client.get_node_from_key(channel)
+        reply = client.execute_command("PUBSUB", "SHARDNUMSUB", channel, target_nodes=owner)
+        return int(reply[1])
     reply = client.pubsub_numsub(channel)
     return int(reply[0][1])  # type: ignore[index]
 

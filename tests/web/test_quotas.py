@@ -14,6 +14,9 @@ from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from tests.support.server import FakeRunner, publisher, running_server
 
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
+
 
 @pytest.fixture
 def limited(settings: Settings) -> Settings:

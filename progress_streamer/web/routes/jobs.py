@@ -11,10 +11,12 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from progress_streamer.protocol.connections import ascript
 from progress_streamer.protocol.event import PROGRESS_FIELDS, ProgressEvent
 from progress_streamer.protocol.files import file_info, read_chunks
 from progress_streamer.protocol.keys import StateField, is_valid_job_id
 from progress_streamer.protocol.runner import JobRunner
+from progress_streamer.protocol.scripts import WRITE_HASH, write_hash_args
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.auth import presented_token, require_api_key
 from progress_streamer.web.catalog import DEFAULT_RUNNER, InvalidParams, UnknownTask
@@ -82,10 +84,8 @@ def job_urls(request: Request, job_id: str) -> dict[str, str]:
 async def _remember_runner(services: Services, job_id: str, runner: str) -> None:
     """Which runner cancels this job, on its state hash (same slot, same TTL)."""
     state = services.keyspace.job(job_id).state
-    async with services.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(state, StateField.RUNNER, runner)
-        pipe.expire(state, services.settings.job_ttl)
-        await pipe.execute()
+    args = write_hash_args(services.settings.job_ttl, {StateField.RUNNER: runner}, replace=False)
+    await ascript(services.redis, WRITE_HASH)(keys=[state], args=args)
 
 
 async def _snapshot(services: Services, job_id: str) -> ProgressEvent:

@@ -1,4 +1,5 @@
-"""The subscription hub: ONE Redis pub/sub connection per web process, for every job.
+"""The subscription hub: ONE Redis pub/sub connection per web process, for every job
+(on a Redis Cluster: one per primary, each job's channel on its slot's owner).
 
 Streams (`streaming/response.py`) register a `Subscriber` per client; the hub subscribes a job's
 channel when its first client arrives and unsubscribes when the last one leaves.
@@ -30,29 +31,51 @@ Deliberate choices:
   the job ends `StateLost` for every viewer: the loss wins.
 - A catch-up never dies unseen: whatever its read raises, each of its clients is
   released (with the replay, or `StateLost` for state it cannot read) or closed.
+- A job whose seq went back under a client (a failover's replica missed the last
+  writes; a restart from an older file) ends that client's stream `StateLost`: the
+  events it saw are gone and the next ones would reuse their seqs.
+
+Cluster mode (`REDIS_URL=redis+cluster://...`, sharded pub/sub, Redis >= 7):
+- One `_Link` per primary in use, each a bare connection with its own reader; a job's
+  channel is `SSUBSCRIBE`d on the owner of its slot (the hash tag `{job}`), one command
+  per channel (one slot per command). The slot map is the hub's own (shards.py).
+- Re-route: on `MOVED` or `CLUSTERDOWN`/`TRYAGAIN` in reply to an SSUBSCRIBE, on a
+  `sunsubscribe` Redis pushes unasked (the slot migrated, or the primary became a
+  replica: it keeps the connection), or on a lost connection, the channel's clients are
+  held, the router task refreshes the slot map (once for all the channels displaced, at
+  most ten times a second), subscribes the channel on the owner, and the confirmation
+  runs the same catch-up as a reconnect: no gap, no repeat. A primary that no longer
+  owns slots (failed over) has its connection closed.
+- Which command an error or a `sunsubscribe` answers is known from the order of the
+  link's commands (Redis answers in order): `_Link.sent`.
+- The reader's per-message path is the same in both modes: one comparison with the
+  link's message kind (`message` or `smessage`), then the fan-out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Iterable
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from progress_streamer.protocol.event import MalformedEvent, decode_event, encode_event
 from progress_streamer.protocol.history import CatchUp, CorruptState, JobReader
 from progress_streamer.protocol.incarnation import SeenState, state_lost_draft
-from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.web.metrics import Metrics
+from progress_streamer.web.streaming.shards import PASSING_ERRORS, ShardMap
 from progress_streamer.web.streaming.subscriber import Delivery, Subscriber, frame_of
 
 log = logging.getLogger(__name__)
@@ -61,11 +84,36 @@ READ_TIMEOUT = 1.0  # the reader wakes this often to check the connection's heal
 HEALTH_SECONDS = 5.0  # a PING goes out when Redis was quiet this long
 BAD_MESSAGE_LOG_SECONDS = 10.0  # malformed messages are logged at most this often
 BACKOFF_MAX = 2.0
+SHARD_BACKOFF_MAX = 0.5  # a primary's connection retries faster: its failover is awaited
+ROUTE_PAUSE = 0.1  # at most ten slot-map refreshes a second, however many channels move
 CONFIRM_TIMEOUT = 5.0  # a stream waits this long for Redis to confirm its SUBSCRIBE
 
 
 class HubUnavailable(RuntimeError):
     """Redis did not confirm a subscription in time (it is down or unreachable)."""
+
+
+class _Link:
+    """One pub/sub connection and its reader task: the hub's only one (standalone mode),
+    or the one to a cluster primary (sharded pub/sub, one per primary in use)."""
+
+    def __init__(self, node: str, make: Callable[[], Connection], *, sharded: bool) -> None:
+        self.node = node  # host:port, for logs and metrics
+        self.make = make
+        self.sharded = sharded
+        self.message = b"smessage" if sharded else b"message"
+        self.confirm = b"ssubscribe" if sharded else b"subscribe"
+        self.subscribe = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self.unsubscribe = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
+        self.conn: Connection | None = None
+        self.connected = asyncio.Event()
+        self.acks: defaultdict[str, int] = defaultdict(int)  # SUBSCRIBEs awaiting reply
+        # Cluster: the commands awaiting a reply, in order (Redis answers in order), so
+        # an error (MOVED, CLUSTERDOWN, TRYAGAIN) is known to be about which channel, and
+        # a `sunsubscribe` pushed by Redis is told apart from the answer to ours.
+        self.sent: deque[tuple[bytes, str]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.retired = False  # no longer a primary: its task ends
 
 
 @dataclass(eq=False)
@@ -74,10 +122,12 @@ class _Channel:
     subscribers: set[Subscriber] = field(default_factory=set)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     resync: set[Subscriber] = field(default_factory=set)  # to catch up after a reconnect
+    link: _Link | None = None  # where it is subscribed; None while being (re-)routed
 
 
 class SubscriptionHub:
-    """Ref-counted channel subscriptions over one connection, with one reader task."""
+    """Ref-counted channel subscriptions over one connection per Redis primary (one in
+    standalone mode), each with one reader task."""
 
     def __init__(
         self,
@@ -87,28 +137,38 @@ class SubscriptionHub:
         metrics: Metrics,
         *,
         client_name: str,
+        cluster: RedisCluster | None = None,
     ) -> None:
         self.settings = settings
         self.keyspace = KeySpace(settings.key_prefix)
         self.reader = reader
         self.publisher = publisher  # reports lost states (the loss wins)
         self.metrics = metrics
-        # No socket timeout: redis-py would arm a timer around every read, i.e. per event.
-        # The reader keeps one timer for all its reads (`_read_forever`), and the
-        # handshake and writes get `HEALTH_SECONDS` each (`_bounded`), so a reconnect over
-        # a silently dead path cannot hang for good.
-        self._pool: ConnectionPool = ConnectionPool.from_url(
-            settings.redis_url, client_name=client_name, socket_connect_timeout=2.0
-        )
         self._channels: dict[str, _Channel] = {}
-        self._acks: defaultdict[str, int] = defaultdict(int)  # SUBSCRIBEs awaiting reply
-        self._conn: Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._links: dict[str, _Link] = {}
+        self._pool: ConnectionPool | None = None
+        # Cluster mode: the slot map, the channels waiting for a route, and the router's
+        # wake-up (shards.py).
+        self._shards = None if cluster is None else ShardMap(cluster, client_name=client_name)
+        self._unrouted: set[str] = set()
+        self._route_wanted = asyncio.Event()
+        if self._shards is None:
+            # No socket timeout: redis-py would arm a timer around every read, i.e. per
+            # event. The reader keeps one timer for all its reads (`_read_forever`), and
+            # the handshake and writes get `HEALTH_SECONDS` each (`_bounded`), so a
+            # reconnect over a silently dead path cannot hang for good.
+            self._pool = ConnectionPool.from_url(
+                settings.redis_url, client_name=client_name, socket_connect_timeout=2.0
+            )
+            kwargs = self._pool.connection_kwargs
+            node = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
+            link = _Link(node, self._pool.make_connection, sharded=False)
+            self._links[node] = link
+        self._task: asyncio.Task[None] | None = None  # the reader (standalone), the router
         self._tasks: set[asyncio.Task[None]] = set()  # catch-ups under way
         self._closing = False
         self._bad_messages = 0
         self._bad_logged_at = float("-inf")
-        self.connected = asyncio.Event()
 
     @property
     def watched_jobs(self) -> int:
@@ -118,23 +178,36 @@ class SubscriptionHub:
         return list({s for ch in self._channels.values() for s in ch.subscribers})
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="subscription-hub")
+        if self._shards is None:
+            (link,) = self._links.values()
+            self._task = self._start(link)
+        else:
+            self._task = asyncio.create_task(self._route_forever(), name="subscription-router")
+            self._route_wanted.set()  # read the slot map once at start
+
+    def _start(self, link: _Link) -> asyncio.Task[None]:
+        link.task = asyncio.create_task(self._run(link), name=f"subscription-hub {link.node}")
+        return link.task
 
     async def close(self) -> None:
         self._closing = True
         for sub in self.subscribers():
             sub.close("shutdown")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        tasks = [t for t in (self._task, *(link.task for link in self._links.values())) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         catch_ups = list(self._tasks)
         for task in catch_ups:
             task.cancel()
         await asyncio.gather(*catch_ups, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.disconnect()
-        await self._pool.disconnect()
+        for link in self._links.values():
+            if link.conn is not None:
+                await link.conn.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
+        if self._shards is not None:
+            await self._shards.close()
 
     async def subscribe(self, sub: Subscriber, job_id: str) -> None:
         """Add the client to the job's channel; return once Redis confirmed it."""
@@ -143,7 +216,7 @@ class SubscriptionHub:
         if channel is None:
             channel = self._channels[name] = _Channel(job_id)
             channel.subscribers.add(sub)
-            await self._send_subscribe(name)
+            await self._place(name, channel)
         channel.subscribers.add(sub)
         try:
             await asyncio.wait_for(channel.confirmed.wait(), CONFIRM_TIMEOUT)
@@ -160,65 +233,115 @@ class SubscriptionHub:
         channel.resync.discard(sub)
         if not channel.subscribers:
             del self._channels[name]
-            await self._send("UNSUBSCRIBE", name)
+            self._unrouted.discard(name)
+            if channel.link is not None:
+                await self._send(channel.link, channel.link.unsubscribe, name)
 
-    async def _send_subscribe(self, name: str) -> None:
-        self._acks[name] += 1  # before the write: the reply may be read while it drains
-        if not await self._send("SUBSCRIBE", name):
-            self._acks.pop(name, None)  # the reconnect subscribes it
+    async def _place(self, name: str, channel: _Channel) -> None:
+        """Subscribe the channel on its link: the one connection, or its slot's owner's
+        (created on first use). A slot the map does not cover waits for the router."""
+        if self._shards is None:
+            (link,) = self._links.values()
+        else:
+            node = self._shards.owner(name)
+            if node is None:
+                self._unrouted.add(name)
+                self._route_wanted.set()
+                return
+            link = self._links.get(node.name)  # type: ignore[assignment]
+            if link is None:
+                link = self._links[node.name] = _Link(
+                    node.name, functools.partial(self._shards.connection_to, node), sharded=True
+                )
+                self._start(link)
+        channel.link = link
+        await self._send_subscribe(link, name)
 
-    async def _send(self, *args: str) -> bool:
+    async def _send_subscribe(self, link: _Link, name: str) -> None:
+        link.acks[name] += 1  # before the write: the reply may be read while it drains
+        if not await self._send(link, link.subscribe, name):
+            link.acks.pop(name, None)  # the reconnect subscribes it
+
+    async def _send(self, link: _Link, *args: str) -> bool:
         """Write a command if connected; a reconnect re-subscribes whatever is needed."""
-        conn = self._conn
-        if conn is None or not self.connected.is_set():
+        conn = link.conn
+        if conn is None or not link.connected.is_set():
             return False
+        if link.sharded:
+            link.sent.append((args[0].lower().encode(), args[1] if len(args) > 1 else ""))
         try:
             await _bounded(conn.send_command(*args, check_health=False))
         except (RedisError, OSError) as exc:
-            log.warning("pub/sub write failed: %s", exc)
+            log.warning("pub/sub write to %s failed: %s", link.node, exc)
             await conn.disconnect(nowait=True)  # the reader sees it and reconnects
             return False
         return True
 
-    async def _run(self) -> None:
+    async def _run(self, link: _Link) -> None:
         backoff = 0.05
-        while not self._closing:
-            try:
-                await self._connect()
-                backoff = 0.05
-                await self._read_forever()
-            except (RedisError, OSError) as exc:
-                if self._closing:
-                    return
-                await self._lost_connection(exc)
-            except Exception as exc:  # never let the one reader die: log, reconnect
-                log.exception("pub/sub reader failed; reconnecting")
-                await self._lost_connection(exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        limit = SHARD_BACKOFF_MAX if link.sharded else BACKOFF_MAX
+        try:
+            while not self._closing and not link.retired:
+                try:
+                    await self._connect(link)
+                    backoff = 0.05
+                    await self._read_forever(link)
+                except (RedisError, OSError) as exc:
+                    if self._closing:
+                        return
+                    await self._lost_connection(link, exc)
+                except Exception as exc:  # never let a reader die: log, reconnect
+                    log.exception("pub/sub reader of %s failed; reconnecting", link.node)
+                    await self._lost_connection(link, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, limit)
+        finally:
+            if link.retired and link.conn is not None:
+                await link.conn.disconnect(nowait=True)
 
-    async def _lost_connection(self, exc: BaseException) -> None:
-        if self.connected.is_set():
-            log.warning("pub/sub connection lost (%s); reconnecting", exc)
+    async def _lost_connection(self, link: _Link, exc: BaseException) -> None:
+        if link.connected.is_set():
+            log.warning("pub/sub connection to %s lost (%s); reconnecting", link.node, exc)
             self.metrics.redis_reconnects.inc()
-        self.connected.clear()
-        if self._conn is not None:
+            self.metrics.pubsub_connections.labels(link.node).set(0)
+        link.connected.clear()
+        if link.conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.disconnect(nowait=True)
-        self._conn = None
-        self._acks.clear()
-        for channel in self._channels.values():
-            channel.confirmed.clear()
+                await link.conn.disconnect(nowait=True)
+        link.conn = None
+        link.acks.clear()
+        link.sent.clear()
+        if not link.sharded:
+            for channel in self._channels.values():
+                channel.confirmed.clear()
+            return
+        # The primary may be restarting, or gone for good (its replica takes over): its
+        # channels go back to the router, which asks the slot map where they live now.
+        for name, channel in self._channels.items():
+            if channel.link is link:
+                self._reroute(name, channel, link)
 
-    async def _connect(self) -> None:
-        conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+    async def _connect(self, link: _Link) -> None:
+        conn = link.make()
         try:
             await _bounded(conn.connect())  # type: ignore[no-untyped-call]
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
-        self._conn = conn
-        self.connected.set()
+        link.conn = conn
+        link.connected.set()
+        self.metrics.pubsub_connections.labels(link.node).set(1)
+        if link.sharded:
+            # Its channels' clients are held since they were re-routed (`_reroute`); one
+            # SSUBSCRIBE per channel (one slot per command), all in one write.
+            names = [name for name, ch in self._channels.items() if ch.link is link]
+            for name in names:
+                link.acks[name] += 1
+                link.sent.append((link.confirm, name))
+            if names:
+                packed = conn.pack_commands([(link.subscribe, name) for name in names])
+                await _bounded(conn.send_packed_command(packed, check_health=False))
+            return
         names = list(self._channels)
         # Live events of every current client wait until its catch-up is queued.
         for channel in self._channels.values():
@@ -227,15 +350,16 @@ class SubscriptionHub:
                 sub.hold(channel.job_id)
         if names:
             for name in names:
-                self._acks[name] += 1
+                link.acks[name] += 1
             await _bounded(conn.send_command("SUBSCRIBE", *names, check_health=False))
 
-    async def _read_forever(self) -> None:
-        conn = self._conn
+    async def _read_forever(self, link: _Link) -> None:
+        conn = link.conn
         assert conn is not None
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         pinged = False
+        message, fan_out, control = link.message, self._fan_out, self._control
         while True:
             try:
                 # One timer for every read: moved forward at most twice a second, not
@@ -244,31 +368,131 @@ class SubscriptionHub:
                     while True:
                         reply = await conn.read_response(disconnect_on_error=False)
                         quiet_since, pinged = loop.time(), False
-                        self._handle(reply)
+                        if reply[0] == message:  # the hot path: one comparison
+                            fan_out(reply[1].decode(), reply[2])
+                        else:
+                            control(link, reply)
                         if window.when() - quiet_since < READ_TIMEOUT / 2:  # type: ignore[operator]
                             window.reschedule(quiet_since + READ_TIMEOUT)
             except TimeoutError:
                 pass  # nothing for READ_TIMEOUT: check the connection's health
+            except ResponseError as exc:
+                if not link.sharded:
+                    raise
+                self._refused(link, exc)  # an error reply: about one channel
+                continue
             now = loop.time()
             if now - quiet_since > 2 * HEALTH_SECONDS and pinged:
                 raise ConnectionError("Redis did not answer a PING on the pub/sub connection")
             if now - quiet_since > HEALTH_SECONDS and not pinged:
+                if link.sharded:
+                    link.sent.append((b"pong", ""))
                 await _bounded(conn.send_command("PING", check_health=False))
                 pinged = True
 
-    def _handle(self, reply: Any) -> None:
-        kind = reply[0]
-        if kind == b"message":
-            self._fan_out(reply[1].decode(), reply[2])
-        elif kind == b"subscribe":
+    def _control(self, link: _Link, reply: Any) -> None:
+        """Every reply but a message: confirmations, PONG, and in cluster mode the
+        `sunsubscribe` a primary pushes when the channel's slot left it."""
+        kind = reply[0] if isinstance(reply, list) else b"pong"  # PONG unsubscribed
+        if kind == link.confirm:
             name = reply[1].decode()
-            self._acks[name] -= 1
-            channel = self._channels.get(name)
-            if self._acks[name] <= 0 and channel is not None:
-                self._acks.pop(name, None)
-                if not channel.confirmed.is_set():
-                    channel.confirmed.set()
-                    self._catch_up(channel)
+            if link.sharded:
+                self._answered(link, kind, name)
+            self._confirmed(link, name)
+        elif link.sharded:
+            name = reply[1].decode() if kind == b"sunsubscribe" else ""
+            if not self._answered(link, kind, name) and kind == b"sunsubscribe":
+                channel = self._channels.get(name)
+                if channel is not None and channel.link is link:
+                    # Unrequested: the slot migrated, or this primary became a replica.
+                    self._reroute(name, channel, link)
+
+    @staticmethod
+    def _answered(link: _Link, kind: bytes, name: str) -> bool:
+        """The reply answers the oldest command sent (else it is pushed by Redis)."""
+        if link.sent and link.sent[0] == (kind, name):
+            link.sent.popleft()
+            return True
+        return False
+
+    def _confirmed(self, link: _Link, name: str) -> None:
+        link.acks[name] -= 1
+        if link.acks[name] > 0:
+            return
+        link.acks.pop(name, None)
+        channel = self._channels.get(name)
+        if channel is not None and channel.link is link and not channel.confirmed.is_set():
+            channel.confirmed.set()
+            self._catch_up(channel)
+
+    def _refused(self, link: _Link, exc: ResponseError) -> None:
+        """An error reply in cluster mode. To an SSUBSCRIBE (MOVED: the slot is served
+        elsewhere; CLUSTERDOWN, TRYAGAIN: not now), the channel is routed again."""
+        kind, name = link.sent.popleft() if link.sent else (b"", "")
+        if kind != link.confirm:
+            log.warning("pub/sub command refused by %s: %s", link.node, exc)
+            return
+        link.acks[name] -= 1
+        if link.acks[name] <= 0:
+            link.acks.pop(name, None)
+        channel = self._channels.get(name)
+        if channel is not None and channel.link is link:
+            why = f"{type(exc).__name__}: {exc}"  # MovedError's text is the slot and node
+            log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, why)
+            self._reroute(name, channel, link)
+
+    def _reroute(self, name: str, channel: _Channel, old: _Link) -> None:
+        """Hold the channel's clients and hand it to the router, which refreshes the slot
+        map and subscribes it on the owner; its confirmation runs the catch-up from the
+        history that releases them (`_catch_up`): no gap, and seq drops the repeats."""
+        old.acks.pop(name, None)
+        channel.link = None
+        if channel.confirmed.is_set():
+            channel.confirmed.clear()
+            channel.resync = set(channel.subscribers)
+            for sub in channel.resync:
+                sub.hold(channel.job_id)
+            self.metrics.reroutes.labels(old.node).inc()
+        self._unrouted.add(name)
+        self._route_wanted.set()
+
+    async def _route_forever(self) -> None:
+        """Cluster mode: whenever channels wait for a route, refresh the slot map and
+        subscribe each on its owner (one refresh for all the channels a move displaced)."""
+        assert self._shards is not None
+        while not self._closing:
+            await self._route_wanted.wait()
+            self._route_wanted.clear()
+            try:
+                await self._shards.refresh()
+            except Exception as exc:  # the cluster is unreachable: retry, never die
+                log.warning("cluster slot map refresh failed (%s); retrying", exc)
+                self._route_wanted.set()
+                await asyncio.sleep(SHARD_BACKOFF_MAX)
+                continue
+            self._retire_links(self._shards.primaries())
+            names, self._unrouted = self._unrouted, set()
+            for name in names:
+                channel = self._channels.get(name)
+                if channel is not None and channel.link is None:
+                    await self._place(name, channel)
+            await asyncio.sleep(ROUTE_PAUSE)
+
+    def _retire_links(self, primaries: set[str]) -> None:
+        """Close the connections to nodes that are no longer primaries (failed over)."""
+        for node, link in list(self._links.items()):
+            if node in primaries:
+                continue
+            log.info("%s is no longer a primary; its pub/sub connection closes", node)
+            link.retired = True
+            del self._links[node]
+            with contextlib.suppress(KeyError):  # never connected: no gauge yet
+                self.metrics.pubsub_connections.remove(node)
+            for name, channel in self._channels.items():
+                if channel.link is link:
+                    self._reroute(name, channel, link)
+            if link.task is not None:
+                link.task.cancel()
 
     def _fan_out(self, name: str, raw: bytes) -> None:
         channel = self._channels.get(name)
@@ -347,7 +571,7 @@ class SubscriptionHub:
     async def _read_and_deliver(self, job_id: str, after: int, subs: list[Subscriber]) -> None:
         keys = self.keyspace.job(job_id)
         try:
-            catch_up = await self.reader.events_since(keys, after if after > 0 else None)
+            catch_up = await self._events_since(keys, after if after > 0 else None)
         except CorruptState as exc:
             log.warning("job %s: %s %s; its streams end StateLost", job_id, exc, exc.detail)
             for sub in subs:
@@ -356,6 +580,23 @@ class SubscriptionHub:
         lost = [seen for sub in subs if (seen := self._deliver(sub, job_id, catch_up))]
         if lost:
             await self._report_lost(job_id, lost)
+
+    async def _events_since(self, keys: JobKeys, after: int | None) -> CatchUp | None:
+        """The history read of a catch-up. In cluster mode a primary that just came back
+        (or took over) may refuse for a moment (its cluster state not yet ok, the command
+        client's old connection to it closed): tried again for `HEALTH_SECONDS`."""
+        if self._shards is None:
+            return await self.reader.events_since(keys, after)
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + HEALTH_SECONDS, 0.05
+        while True:
+            try:
+                return await self.reader.events_since(keys, after)
+            except PASSING_ERRORS:
+                if loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, SHARD_BACKOFF_MAX)
 
     def _deliver(self, sub: Subscriber, job_id: str, catch_up: CatchUp | None) -> SeenState | None:
         """Release the client with what the history says; if the state it saw is gone,
@@ -368,6 +609,12 @@ class SubscriptionHub:
             seen = None if known is None else SeenState(epoch=known, seq=sub.last_seq[job_id])
             _lose(sub, job_id)
             return seen
+        if catch_up.seq < sub.last_seq[job_id]:
+            # The job's seq went back: a failover's replica missed the last writes, or
+            # Redis restarted from an older file. The events this client saw are gone
+            # and the next ones reuse their seqs: its stream of the job ends here.
+            _lose(sub, job_id)
+            return None
         replay = [frame_of(event) for event in catch_up.events]
         if not sub.release(job_id, replay, catch_up.epoch):
             self.recheck(job_id, [sub])

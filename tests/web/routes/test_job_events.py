@@ -27,6 +27,9 @@ from tests.support.server import (
     running_server,
 )
 
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
+
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[ServerThread]:

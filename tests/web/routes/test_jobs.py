@@ -17,6 +17,9 @@ from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.routes.jobs import content_disposition
 from tests.support.server import FakeRunner, ServerThread, publisher, running_server
 
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
+
 
 @pytest.fixture
 def runner(settings: Settings) -> Iterator[FakeRunner]:

@@ -19,6 +19,10 @@ from tests.support.server import ServerThread, open_sse, publisher, read_all, ru
 SECRET = "watch-secret-0123456789-0123456789abcdef"
 
 
+# Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_redis_modes
+
+
 @pytest.fixture
 def secured(settings: Settings) -> Settings:
     return settings.replace(auth="token", secret=SECRET)

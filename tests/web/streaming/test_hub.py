@@ -250,3 +250,33 @@ async def test_events_of_a_publisher_that_predates_epochs_do_not_end_streams(
                     rest += [json.loads(e.data) async for e in events]
     assert [(e["seq"], e["status"]) for e in rest] == [(2, "progress"), (3, "success")]
     pub.redis.close()
+
+
+async def test_a_job_whose_seq_went_back_under_a_stream_ends_it_with_state_lost(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace, prefix: str
+) -> None:
+    # A failover to a replica that missed the last writes (or a restart from an older
+    # file) leaves the job's state a few seqs back, same epoch: the events the client saw
+    # are gone, and the next publishes would reuse their seqs with other content.
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    keys = keyspace.job(job)
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with open_sse(client, f"/api/v1/jobs/{job}/events") as (_, events):
+                await anext(events)
+                for percent in (10.0, 20.0):
+                    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
+                    await anext(events)  # seq 2, then 3
+                sync_redis.rpop(keys.history)  # seq 3 is lost: the state is back at 2
+                second = sync_redis.lindex(keys.history, -1)
+                sync_redis.hset(keys.state, mapping={"seq": 2, "event": second})  # type: ignore[arg-type]
+                hub = [c for c in sync_redis.client_list(_type="pubsub")
+                       if c["name"] == f"progress-hub-{prefix}"]  # fmt: skip
+                sync_redis.client_kill_filter(_id=hub[0]["id"])  # the hub catches up
+                rest = [json.loads(e.data) async for e in events]
+    assert [(e["seq"], e["status"], e["error"]["type"]) for e in rest] == [
+        (4, "failure", "StateLost")
+    ]
+    pub.redis.close()
