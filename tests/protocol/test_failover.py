@@ -92,26 +92,29 @@ def test_publishers_ride_out_a_primary_restart_with_every_seq_once(
     failures: list[BaseException] = []
     stop = threading.Event()
     after_restart = threading.Semaphore(0)  # one release per publish once it is back
+    publishing = threading.Semaphore(0)  # one release per publish before that
     restarted = threading.Event()
 
-    def run() -> None:
-        publisher = Publisher(sync_client(settings, max_connections=2), settings)
+    def run(publisher: Publisher) -> None:
         try:
             while not stop.is_set():
                 draft = EventDraft(job_id=job, status=JobStatus.PROGRESS, message="x")
                 outcome = publisher.publish(draft)
                 assert outcome.accepted, outcome
                 accepted.append(outcome.seq)
-                if restarted.is_set():
-                    after_restart.release()
+                (after_restart if restarted.is_set() else publishing).release()
         except BaseException as exc:
             failures.append(exc)
         finally:
             publisher.redis.close()
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    # Built (each checks the cluster's versions) while every primary is up.
+    publishers = [Publisher(sync_client(settings, max_connections=2), settings) for _ in range(4)]
+    threads = [threading.Thread(target=run, args=(p,)) for p in publishers]
     for thread in threads:
         thread.start()
+    for _ in range(4):  # publishing before the primary stops
+        assert publishing.acquire(timeout=30), failures
     cluster.terminate(primary)  # a clean stop: the replica may take over, or it returns
     cluster.restart(primary, wait=False)
     cluster.wait_ok()

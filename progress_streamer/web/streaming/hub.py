@@ -345,9 +345,7 @@ class SubscriptionHub:
         names = list(self._channels)
         # Live events of every current client wait until its catch-up is queued.
         for channel in self._channels.values():
-            channel.resync = set(channel.subscribers)
-            for sub in channel.resync:
-                sub.hold(channel.job_id)
+            _hold_for_catch_up(channel)
         if names:
             for name in names:
                 link.acks[name] += 1
@@ -449,9 +447,7 @@ class SubscriptionHub:
         channel.link = None
         if channel.confirmed.is_set():
             channel.confirmed.clear()
-            channel.resync = set(channel.subscribers)
-            for sub in channel.resync:
-                sub.hold(channel.job_id)
+            _hold_for_catch_up(channel)
             self.metrics.reroutes.labels(old.node).inc()
         self._unrouted.add(name)
         self._route_wanted.set()
@@ -541,9 +537,8 @@ class SubscriptionHub:
         """These clients were offered an event that does not follow their last one (or a
         replay of another incarnation): hold the job for them and let its history decide."""
         self.metrics.rechecks.inc()
-        for sub in subs:
-            sub.hold(job_id)
-        self._read_for(job_id, subs)
+        # A client held already is released by its holder, whose release then asks again.
+        self._read_for(job_id, [sub for sub in subs if sub.hold(job_id)])
 
     def _read_for(self, job_id: str, subs: Iterable[Subscriber]) -> None:
         """One history read per distinct last seq, each in a task that never raises."""
@@ -630,6 +625,15 @@ class SubscriptionHub:
                 await self.publisher.report_lost(job_id, SeenState(epoch=epoch, seq=seq))
             except (RedisError, OSError) as exc:
                 log.warning("job %s: its lost state could not be reported: %s", job_id, exc)
+
+
+def _hold_for_catch_up(channel: _Channel) -> None:
+    """Before a re-subscribe: hold the channel's clients for the catch-up its confirmation
+    runs. A client held by someone else (its stream still opening, or a catch-up read
+    under way) stays theirs: `hold` makes their release read the history once more, as
+    their replay may predate the events this re-subscribe missed."""
+    job_id, resync = channel.job_id, channel.resync
+    channel.resync = {sub for sub in channel.subscribers if sub in resync or sub.hold(job_id)}
 
 
 def _lose(sub: Subscriber, job_id: str) -> None:

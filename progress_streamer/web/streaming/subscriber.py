@@ -98,6 +98,7 @@ class Subscriber:
         # deque is 760 bytes), and one future while the writer waits, not an Event.
         self._queue: list[Delivery] = []
         self._held: dict[str, list[Delivery]] = {}
+        self._reread: set[str] | None = None  # held jobs asked to hold again (rare: lazy)
         self._waiter: asyncio.Future[None] | None = None  # the writer, parked on no frames
 
     @property
@@ -109,16 +110,32 @@ class Subscriber:
     def all_finished(self) -> bool:
         return len(self.finished) == len(self.job_ids)
 
-    def hold(self, job_id: str) -> None:
-        """Keep live events of the job aside until `release` (a replay is on its way)."""
-        self._held.setdefault(job_id, [])
+    def hold(self, job_id: str) -> bool:
+        """Keep live events of the job aside until `release` (a replay is on its way).
+
+        False when the job is held already (a stream still opening, or a catch-up under
+        way, when the hub re-subscribes): the holder alone releases it, so that one replay
+        is taken, not two read at different moments; but that replay may have been read
+        before this hold's cause (a reconnect that missed events), so its `release` then
+        says False and the history is read once more."""
+        if job_id in self._held:
+            if self._reread is None:
+                self._reread = set()
+            self._reread.add(job_id)
+            return False
+        self._held[job_id] = []
+        return True
 
     def release(self, job_id: str, replay: Iterable[Delivery], epoch: int | None) -> bool:
         """Queue the replay, read from Redis (so it is taken as it is) from the incarnation
         `epoch` (None: no change), then the live events that came meanwhile, as `offer`
-        takes them. False when one of those does not follow, or the replay is of another
-        incarnation than this client's: the hub then reads the history again."""
+        takes them. False when one of those does not follow, the replay is of another
+        incarnation than this client's, or the job was held again meanwhile (`hold`): the
+        hub then reads the history again."""
         held = self._held.pop(job_id, [])
+        reread = self._reread is not None and job_id in self._reread
+        if reread:
+            self._reread.discard(job_id)  # type: ignore[union-attr]
         if epoch is not None:
             known = self.epoch[job_id]
             if known is not None and known != epoch:
@@ -126,7 +143,8 @@ class Subscriber:
             self.epoch[job_id] = epoch
         for delivery in replay:
             self._push(delivery)
-        return all(self.offer(delivery) for delivery in held)
+        followed = all(self.offer(delivery) for delivery in held)
+        return followed and not reread
 
     def offer(self, delivery: Delivery) -> bool:
         """Take a live event, or say False: it does not follow this client's last event of

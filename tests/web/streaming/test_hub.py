@@ -12,12 +12,14 @@ import httpx
 import redis
 
 from progress_streamer.protocol.event import EventDraft
-from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.history import CatchUp
+from progress_streamer.protocol.keys import JobKeys, KeySpace
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.redis_server import RedisServer, free_port
 from tests.support.server import (
     SSEEvent,
+    eventually,
     hub_connections,
     numsub,
     open_sse,
@@ -279,4 +281,53 @@ async def test_a_job_whose_seq_went_back_under_a_stream_ends_it_with_state_lost(
     assert [(e["seq"], e["status"], e["error"]["type"]) for e in rest] == [
         (4, "failure", "StateLost")
     ]
+    pub.redis.close()
+
+
+async def test_a_reconnect_while_a_stream_opens_neither_repeats_nor_skips(
+    settings: Settings, sync_redis: redis.Redis, keyspace: KeySpace, prefix: str
+) -> None:
+    """The hub re-subscribes (here: its connection killed; on a cluster: a moved slot)
+    between a new stream's subscription and its replay. The replay, read before, misses
+    what was published meanwhile, and the hub's catch-up must not release the stream
+    ahead of it: the client still gets every seq once, in order."""
+    pub = publisher(settings)
+    job = uuid.uuid4().hex
+    keys = keyspace.job(job)
+    pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+    pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=10.0))
+    with running_server(settings) as server:
+        hub, reader = server.services.hub, server.services.reader
+        read = reader.events_since
+        interrupted = False
+
+        async def events_since(job_keys: JobKeys, after: int | None) -> CatchUp | None:
+            nonlocal interrupted
+            caught = await read(job_keys, after)
+            if job_keys != keys or interrupted:
+                return caught
+            interrupted = True  # the stream's own read is done: the hub reconnects now
+            (conn,) = [c for c in sync_redis.client_list(_type="pubsub")
+                       if c["name"] == f"progress-hub-{prefix}"]  # fmt: skip
+            sync_redis.client_kill_filter(_id=conn["id"])
+            for percent in (20.0, 30.0):  # seq 3 and 4: in neither the replay nor pub/sub
+                pub.publish(EventDraft(job_id=job, status=JobStatus.PROGRESS, percent=percent))
+            channel = hub._channels[keys.channel]
+
+            def resubscribed() -> bool:
+                reconnected = server.services.metrics.redis_reconnects._value.get() == 1
+                return reconnected and channel.confirmed.is_set() and not hub._tasks
+
+            await eventually(resubscribed, within=10)
+            return caught
+
+        reader.events_since = events_since  # type: ignore[method-assign]
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            url = f"/api/v1/jobs/{job}/events"
+            async with open_sse(client, url, last_event_id="1") as (_, events):
+                assert json.loads((await anext(events)).data)["seq"] == 2
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+                rest = [json.loads(e.data)["seq"] async for e in events]
+        assert interrupted
+        assert rest == [3, 4, 5]
     pub.redis.close()
