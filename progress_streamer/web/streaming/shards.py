@@ -30,9 +30,12 @@ CONNECT_TIMEOUT = 2.0
 # What a command raises while a primary restarts or fails over: worth another try soon.
 # redis-py 5.3's cluster client also raises AttributeError when it refreshes its map
 # under a command in flight (the connection closed beneath it: redis/redis-py#3835 and
-# kin); nothing else raises it in a history read.
+# kin), and under uvloop a RuntimeError ("unable to perform operation on TCPTransport
+# closed") when it connects on a socket that closed beneath it; nothing else raises
+# either in a history read.
 PASSING_ERRORS = (
     AttributeError,
+    RuntimeError,
     ConnectionError,
     TimeoutError,
     ClusterDownError,
