@@ -72,12 +72,8 @@ def attach_file(
     content_type: str = "application/octet-stream",
 ) -> None:
     """Store (or replace) the job's file, with the job's TTL; raises `FileTooLarge`."""
-    check_file(name, data, content_type, settings.max_file_bytes)
-    key = KeySpace(settings.key_prefix).job(job_id).file
-    fields = file_fields(name, data, content_type)
-    script(client, WRITE_HASH)(
-        keys=[key], args=write_hash_args(settings.job_ttl, fields, replace=True)
-    )
+    keys, args = _file_write(settings, job_id, name, data, content_type)
+    script(client, WRITE_HASH)(keys=keys, args=args)
 
 
 async def aattach_file(
@@ -89,11 +85,18 @@ async def aattach_file(
     content_type: str = "application/octet-stream",
 ) -> None:
     """`attach_file` for asyncio code (ARQ jobs)."""
+    keys, args = _file_write(settings, job_id, name, data, content_type)
+    await ascript(client, WRITE_HASH)(keys=keys, args=args)
+
+
+def _file_write(
+    settings: Settings, job_id: str, name: str, data: bytes, content_type: str
+) -> tuple[list[str], list[str | bytes | int]]:
+    """The checked file as the one-slot write script's keys and arguments."""
     check_file(name, data, content_type, settings.max_file_bytes)
     key = KeySpace(settings.key_prefix).job(job_id).file
     fields = file_fields(name, data, content_type)
-    args = write_hash_args(settings.job_ttl, fields, replace=True)
-    await ascript(client, WRITE_HASH)(keys=[key], args=args)
+    return [key], write_hash_args(settings.job_ttl, fields, replace=True)
 
 
 def file_fields(name: str, data: bytes, content_type: str) -> dict[str, str | bytes | int]:
