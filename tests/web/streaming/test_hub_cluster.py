@@ -215,6 +215,18 @@ async def _collect(events: object, feed: Feed) -> None:
         feed.received.append(json.loads(event.data))
 
 
+async def _follow(
+    stack: AsyncExitStack, client: httpx.AsyncClient, feeds: list[Feed]
+) -> list[asyncio.Task[None]]:
+    """A stream per feed, open until `stack` closes, each collected by its own task."""
+    readers = []
+    for feed in feeds:
+        url = f"/api/v1/jobs/{feed.job_id}/events"
+        _, events = await stack.enter_async_context(open_sse(client, url))
+        readers.append(asyncio.create_task(_collect(events, feed)))
+    return readers
+
+
 def _assert_contiguous(feeds: list[Feed], pub: Publisher, keys: KeySpace) -> None:
     for feed in feeds:
         seqs = [e["seq"] for e in feed.received]
@@ -243,11 +255,7 @@ async def test_a_slot_migration_mid_stream_reroutes_within_a_second_without_gap_
                     httpx.AsyncClient(base_url=server.url, timeout=60) as client,
                     AsyncExitStack() as stack,
                 ):
-                    readers = []
-                    for feed in feeds:
-                        url = f"/api/v1/jobs/{feed.job_id}/events"
-                        _, events = await stack.enter_async_context(open_sse(client, url))
-                        readers.append(asyncio.create_task(_collect(events, feed)))
+                    readers = await _follow(stack, client, feeds)
                     figures: list[tuple[float, float]] = []
                     with Publishers(settings, feeds, count=100):
                         for feed in feeds:  # mid-stream: each job's slot moves
@@ -288,11 +296,7 @@ async def test_a_primary_restarted_mid_stream_streams_reach_the_terminal(
                     httpx.AsyncClient(base_url=web.url, timeout=60) as client,
                     AsyncExitStack() as stack,
                 ):
-                    readers = []
-                    for feed in feeds:
-                        url = f"/api/v1/jobs/{feed.job_id}/events"
-                        _, events = await stack.enter_async_context(open_sse(client, url))
-                        readers.append(asyncio.create_task(_collect(events, feed)))
+                    readers = await _follow(stack, client, feeds)
                     with Publishers(settings, feeds, count=60):
                         await _wait_for_seq(feeds[0], 10, 10)
                         seen = int(feeds[0].received[-1]["seq"])  # type: ignore[call-overload]
@@ -327,11 +331,7 @@ async def test_a_primary_killed_with_a_replica_streams_resume_within_5_s(
                     httpx.AsyncClient(base_url=web.url, timeout=60) as client,
                     AsyncExitStack() as stack,
                 ):
-                    readers = []
-                    for feed in feeds:
-                        url = f"/api/v1/jobs/{feed.job_id}/events"
-                        _, events = await stack.enter_async_context(open_sse(client, url))
-                        readers.append(asyncio.create_task(_collect(events, feed)))
+                    readers = await _follow(stack, client, feeds)
                     with Publishers(settings, feeds, count=150) as publishers:
                         await _wait_for_seq(feeds[0], 10, 10)
                         # The kill lands between two publishes, once the replica has them
@@ -378,11 +378,7 @@ async def test_a_manual_failover_moves_the_channels_to_the_promoted_replica(
                     httpx.AsyncClient(base_url=server.url, timeout=60) as client,
                     AsyncExitStack() as stack,
                 ):
-                    readers = []
-                    for feed in feeds:
-                        url = f"/api/v1/jobs/{feed.job_id}/events"
-                        _, events = await stack.enter_async_context(open_sse(client, url))
-                        readers.append(asyncio.create_task(_collect(events, feed)))
+                    readers = await _follow(stack, client, feeds)
                     with Publishers(settings, feeds, count=100):
                         await _wait_for_seq(feeds[0], 10, 10)
                         await asyncio.to_thread(cluster.failover, replica)
