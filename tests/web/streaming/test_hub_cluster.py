@@ -358,6 +358,12 @@ async def test_a_primary_killed_with_a_replica_streams_resume_within_5_s(
             pub.redis.close()
 
 
+@pytest.mark.xfail(
+    reason="known open defect (issue 16): in about 1 run of 8 the channel is not "
+    "re-subscribed on the promoted replica within 5 s of a manual CLUSTER FAILOVER; "
+    "cause not found yet (docs/reliability.md, section 11)",
+    strict=False,
+)
 async def test_a_manual_failover_moves_the_channels_to_the_promoted_replica(
     redis_server: RedisServer, prefix: str
 ) -> None:
