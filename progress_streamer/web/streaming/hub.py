@@ -45,7 +45,9 @@ Cluster mode (`REDIS_URL=redis+cluster://...`, sharded pub/sub, Redis >= 7):
   held, the router task refreshes the slot map (once for all the channels displaced, at
   most ten times a second), subscribes the channel on the owner, and the confirmation
   runs the same catch-up as a reconnect: no gap, no repeat. A primary that no longer
-  owns slots (failed over) has its connection closed.
+  owns slots (failed over) has its connection closed. A map that still names the node
+  that gave the slot away is stale (read from a node gossip has not reached yet): the
+  router reads it again rather than subscribe there (`STALE_MAP_SECONDS`).
 - Which command an error or a `sunsubscribe` answers is known from the order of the
   link's commands (Redis answers in order): `_Link.sent`.
 - The reader's per-message path is the same in both modes: one comparison with the
@@ -66,7 +68,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import MovedError, RedisError, ResponseError
 
 from progress_streamer.protocol.event import MalformedEvent, decode_event, encode_event
 from progress_streamer.protocol.history import CatchUp, CorruptState, JobReader
@@ -87,6 +89,11 @@ BACKOFF_MAX = 2.0
 SHARD_BACKOFF_MAX = 0.5  # a primary's connection retries faster: its failover is awaited
 ROUTE_PAUSE = 0.1  # at most ten slot-map refreshes a second, however many channels move
 CONFIRM_TIMEOUT = 5.0  # a stream waits this long for Redis to confirm its SUBSCRIBE
+# A node that gave a channel's slot away is not trusted as its owner again for this long
+# on a slot map that still names it: the map was read from a node that has not yet heard
+# of the move (gossip), and the old primary, now a replica, would even accept the
+# SSUBSCRIBE. Past it, the map wins (the move was undone).
+STALE_MAP_SECONDS = 3.0
 
 
 class HubUnavailable(RuntimeError):
@@ -123,6 +130,8 @@ class _Channel:
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     resync: set[Subscriber] = field(default_factory=set)  # to catch up after a reconnect
     link: _Link | None = None  # where it is subscribed; None while being (re-)routed
+    left: str | None = None  # the node that gave its slot away (a push or MOVED)
+    left_at: float = 0.0  # when, on the loop's clock
 
 
 class SubscriptionHub:
@@ -403,7 +412,7 @@ class SubscriptionHub:
                 channel = self._channels.get(name)
                 if channel is not None and channel.link is link:
                     # Unrequested: the slot migrated, or this primary became a replica.
-                    self._reroute(name, channel, link)
+                    self._reroute(name, channel, link, gave_away=True)
 
     @staticmethod
     def _answered(link: _Link, kind: bytes, name: str) -> bool:
@@ -437,14 +446,19 @@ class SubscriptionHub:
         if channel is not None and channel.link is link:
             why = f"{type(exc).__name__}: {exc}"  # MovedError's text is the slot and node
             log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, why)
-            self._reroute(name, channel, link)
+            self._reroute(name, channel, link, gave_away=isinstance(exc, MovedError))
 
-    def _reroute(self, name: str, channel: _Channel, old: _Link) -> None:
+    def _reroute(
+        self, name: str, channel: _Channel, old: _Link, *, gave_away: bool = False
+    ) -> None:
         """Hold the channel's clients and hand it to the router, which refreshes the slot
         map and subscribes it on the owner; its confirmation runs the catch-up from the
-        history that releases them (`_catch_up`): no gap, and seq drops the repeats."""
+        history that releases them (`_catch_up`): no gap, and seq drops the repeats.
+        `gave_away`: the node said it no longer serves the slot (not merely unreachable)."""
         old.acks.pop(name, None)
         channel.link = None
+        if gave_away:
+            channel.left, channel.left_at = old.node, time.monotonic()
         if channel.confirmed.is_set():
             channel.confirmed.clear()
             _hold_for_catch_up(channel)
@@ -470,9 +484,23 @@ class SubscriptionHub:
             names, self._unrouted = self._unrouted, set()
             for name in names:
                 channel = self._channels.get(name)
-                if channel is not None and channel.link is None:
-                    await self._place(name, channel)
+                if channel is None or channel.link is not None:
+                    continue
+                if self._map_is_stale(name, channel):
+                    self._unrouted.add(name)  # read the map again after the pause
+                    self._route_wanted.set()
+                    continue
+                channel.left = None
+                await self._place(name, channel)
             await asyncio.sleep(ROUTE_PAUSE)
+
+    def _map_is_stale(self, name: str, channel: _Channel) -> bool:
+        """The map still names, as the channel's owner, the node that just gave it away."""
+        assert self._shards is not None
+        if channel.left is None or time.monotonic() - channel.left_at > STALE_MAP_SECONDS:
+            return False
+        owner = self._shards.owner(name)
+        return owner is not None and owner.name == channel.left
 
     def _retire_links(self, primaries: set[str]) -> None:
         """Close the connections to nodes that are no longer primaries (failed over)."""

@@ -358,17 +358,14 @@ async def test_a_primary_killed_with_a_replica_streams_resume_within_5_s(
             pub.redis.close()
 
 
-@pytest.mark.xfail(
-    reason="known open defect (issue 16): in about 1 run of 8 the channel is not "
-    "re-subscribed on the promoted replica within 5 s of a manual CLUSTER FAILOVER; "
-    "cause not found yet (docs/reliability.md, section 11)",
-    strict=False,
-)
 async def test_a_manual_failover_moves_the_channels_to_the_promoted_replica(
     redis_server: RedisServer, prefix: str
 ) -> None:
     # The old primary pushes `sunsubscribe` and keeps the connection: the hub re-routes
-    # on the push, and closes its connection to the node, now a replica.
+    # on the push, and closes its connection to the node, now a replica. Regression: the
+    # map read right after the push could come from a node that had not heard of the
+    # promotion yet, and the old primary, now a replica, accepted the SSUBSCRIBE: the
+    # channel stayed there (this failed about 4 runs in 10 before `STALE_MAP_SECONDS`).
     keys = KeySpace(prefix)
     with running_cluster(3, replicas=1) as cluster:
         settings = cluster_settings(cluster, redis_server, prefix)
