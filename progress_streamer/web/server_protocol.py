@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -120,6 +121,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # (until the next request begins), so later chunks skip the count.
         self._head_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None  # while a request is arriving
+        self._when_lost: Callable[[], object] | None = None  # tell_when_lost's callback
+        self._lost = False
 
     @classmethod
     def current_limits(cls) -> ConnectionLimits:
@@ -146,6 +149,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
         super().connection_lost(exc)
+        self._lost = True
+        told, self._when_lost = self._when_lost, None
+        if told is not None:
+            told()
+
+    def tell_when_lost(self, callback: Callable[[], object]) -> None:
+        """Call back when the connection is lost: an event stream's direct writer ends
+        the stream at once, instead of the keep-alive sweep polling for it
+        (streaming/keepalive.py). One at a time: the response now being sent's (a later
+        response on the kept-alive connection replaces it)."""
+        if self._lost:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._when_lost = callback
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes < 0:  # a complete head: uvicorn's path, untouched

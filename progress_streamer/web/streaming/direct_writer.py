@@ -26,6 +26,7 @@ path logs one warning.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Send
@@ -62,6 +63,16 @@ class DirectWriter:
     def gone(self) -> bool:
         """The client's connection is lost (uvicorn saw it close)."""
         return bool(self._cycle.disconnected)
+
+    def when_gone(self, callback: Callable[[], object]) -> bool:
+        """Have the server protocol call back when the connection is lost: the Procfile's
+        (web/server_protocol.py) can; uvicorn's own cannot, and its streams are polled."""
+        protocol = self._transport.get_protocol()
+        tell = getattr(protocol, "tell_when_lost", None)
+        if tell is None:
+            return False
+        tell(callback)
+        return True
 
     def write(self, body: bytes) -> bool:
         """True if written now; False if the client's task must send it (then nothing was

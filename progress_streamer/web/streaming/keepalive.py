@@ -10,18 +10,27 @@ The work is spread over time, because it runs on the loop that delivers live eve
 walking 10,000 streams in one go took 3-5 ms, four times a second, and a ping round
 wrote 10,000 pings at once (tens of ms with the sockets' writes); every live delivery
 arriving meanwhile waited (docs/benchmarks.md, issue 16's section; `python -m
-bench.sweep_cost` measures a tick). So:
-- **a timing wheel of slots**: each stream sits in one of `slots` sets (the smallest when
-  it opens), and each tick visits one slot; a round of all slots takes `round_seconds`
-  (at most a quarter second), so a stream is still looked at once per round, and a tick
-  looks at 1/`slots` of the streams. Nothing per event, no timer per stream;
+bench.sweep_cost` measures a tick). And a stream is looked at only when something about
+it is due, not every quarter second: holding 10,000 idle streams cost a tenth of a core
+when each was looked at four times a second. So:
+- **a timing wheel of due times**: each stream sits in the bucket of its next check
+  (`Subscriber.due_slot`), the earlier of its next ping check and its lifetime's end; each
+  tick (1/16 of a quarter second) visits the buckets whose time has come, so a stream
+  costs one visit per half ping interval (two every 15 s by default), whatever the
+  number of streams;
 - **a ping phase per stream**: each stream has its own next ping check (`ping_at`), the
   first one drawn at random within the first window, so pings go out at an even rate
   instead of all in the same tick. At a check, a stream that wrote nothing since the
   previous one (`Subscriber.wrote`, a flag the writes set, no clock read per event) gets
-  a ping; the next check is half a ping interval away, less a round. Since a check
-  comes at most a round late, two checks are at most half an interval apart, so no
-  stream stays silent longer than `PROGRESS_PING_SECONDS`;
+  a ping; the next check is half a ping interval after this one was due, less a round
+  (the stream keeps its phase even when a late tick checks many streams at once). Since
+  a check comes at most a round late, two checks are at most half an interval apart, so
+  no stream stays silent longer than `PROGRESS_PING_SECONDS`;
+- **a client that left ends its stream when it leaves**: the direct writer tells the
+  subscriber (`Sink.when_gone`, from the server protocol's `connection_lost`:
+  web/server_protocol.py). A sink that cannot tell (uvicorn's own httptools protocol) is
+  polled instead: those streams also sit in a round of `slots` sets, one visited per
+  tick, so each is still looked at once per round (a quarter second);
 - shutdown is the exception: `drain` ends every stream at once.
 """
 
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import signal
 import time
@@ -70,14 +80,22 @@ class Keepalive:
         self.round_seconds = min(ping_seconds / 4, ROUND_SECONDS)
         slots = max(1, min(SLOTS, int(self.round_seconds / MIN_TICK_SECONDS)))
         self.tick = self.round_seconds / slots
-        self._slots: list[set[Subscriber]] = [set() for _ in range(slots)]
+        # Polled for a client that left, one set per tick (sinks that cannot tell).
+        self._polled: list[set[Subscriber]] = [set() for _ in range(slots)]
+        # Due times: bucket `k % len` holds the streams due in [k * tick, (k + 1) * tick),
+        # within one lap of the wheel (a next check is at most a quiet window away).
+        self._due: list[set[Subscriber]] = [
+            set() for _ in range(math.ceil(self._quiet_window() / self.tick) + 2)
+        ]
+        self._next_bucket = self._bucket_of(time.monotonic())  # the first not visited
+        self._count = 0
         self.exiting = exiting
         self.draining = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def streams(self) -> int:
-        return sum(len(slot) for slot in self._slots)
+        return self._count
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stream-keepalive")
@@ -89,25 +107,32 @@ class Keepalive:
                 await self._task
 
     def add(self, sub: Subscriber) -> None:
-        """Look after this stream from now on, in the slot with the fewest streams; its
-        first ping check falls anywhere in the first window, so pings stay spread."""
+        """Look after this stream from now on; its first ping check falls anywhere in the
+        first window, so pings stay spread. It is polled for a client that left until its
+        sink says it will tell (`Subscriber.gone_told`)."""
         if self.draining:
             sub.close("shutdown")
-        index = min(range(len(self._slots)), key=lambda i: len(self._slots[i]))
+        index = min(range(len(self._polled)), key=lambda i: len(self._polled[i]))
         sub.sweep_slot = index
+        self._polled[index].add(sub)
         sub.ping_at = time.monotonic() + random.random() * self._quiet_window()
-        self._slots[index].add(sub)
+        self._count += 1
+        self._schedule(sub)
 
     def discard(self, sub: Subscriber) -> None:
         if sub.sweep_slot is not None:
-            self._slots[sub.sweep_slot].discard(sub)
+            self._polled[sub.sweep_slot].discard(sub)
             sub.sweep_slot = None
+        if sub.due_slot is not None:
+            self._due[sub.due_slot].discard(sub)
+            sub.due_slot = None
+            self._count -= 1
 
     def drain(self) -> None:
         """End every open stream now, and every stream that opens from now on."""
         self.draining = True
-        for slot in self._slots:
-            for sub in slot:
+        for bucket in self._due:
+            for sub in bucket:
                 sub.close("shutdown")
         for sub in self.hub.subscribers():  # and those still opening
             sub.close("shutdown")
@@ -118,31 +143,63 @@ class Keepalive:
         by a second check, which pings if nothing else went out."""
         return self.ping_seconds / 2 - self.round_seconds
 
+    def _bucket_of(self, when: float) -> int:
+        return int(when / self.tick)
+
+    def _schedule(self, sub: Subscriber) -> None:
+        """Put the stream in the bucket of its next check (never one already visited)."""
+        bucket = max(self._bucket_of(min(sub.ping_at, sub.deadline)), self._next_bucket)
+        sub.due_slot = bucket % len(self._due)
+        self._due[sub.due_slot].add(sub)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         slot = 0
         next_tick = loop.time()
         while True:
             # With no stream open, a tick per round is enough (an idle process stays quiet).
-            next_tick += self.tick if any(self._slots) else self.round_seconds
+            next_tick += self.tick if self._count else self.round_seconds
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             if not self.draining and self.exiting():
                 self.drain()
-            self.visit(self._slots[slot])
-            slot = (slot + 1) % len(self._slots)
+            self.poll(self._polled[slot])
+            slot = (slot + 1) % len(self._polled)
+            self.visit_due(time.monotonic())
             if loop.time() > next_tick + self.round_seconds:
                 next_tick = loop.time()  # far behind (a stalled loop): no burst of ticks
 
-    def visit(self, subs: set[Subscriber]) -> None:
-        """One tick's share: end what must end, ping what is due for it."""
-        if self.draining:
-            for sub in subs:
-                sub.close("shutdown")
-            return
-        now = time.monotonic()
+    def poll(self, subs: set[Subscriber]) -> None:
+        """One tick's share of the streams whose sink cannot tell that its client left."""
+        for sub in list(subs):  # a copy: a stream whose sink tells leaves the set
+            if sub.gone_told:
+                subs.discard(sub)
+                sub.sweep_slot = None
+            elif sub.sink is not None and sub.sink.gone:
+                sub.close("disconnect")
+
+    def visit_due(self, now: float) -> None:
+        """Check the streams of every bucket whose time has come (one, unless the loop
+        was late), and put each back in the bucket of its next check."""
+        current = self._bucket_of(now)
+        first = max(self._next_bucket, current - len(self._due) + 1)
+        self._next_bucket = current
+        for bucket in range(first, current):
+            due = self._due[bucket % len(self._due)]
+            if due:
+                subs = list(due)
+                due.clear()
+                for sub in subs:
+                    sub.due_slot = None
+                    self._count -= 1
+                self.check(subs, now)
+
+    def check(self, subs: list[Subscriber], now: float) -> None:
+        """End what must end, ping what is due for it; the rest is scheduled again."""
         quiet = self._quiet_window()
-        for sub in list(subs):  # a copy: nothing here may change the set, but be sure
-            if sub.sink is not None and sub.sink.gone:
+        for sub in subs:
+            if self.draining:
+                sub.close("shutdown")
+            elif sub.sink is not None and sub.sink.gone:
                 sub.close("disconnect")
             elif now >= sub.deadline:
                 sub.close("lifetime")
@@ -150,4 +207,11 @@ class Keepalive:
                 if not sub.wrote:
                     sub.request_ping()
                 sub.wrote = False
-                sub.ping_at = now + quiet
+                # The stream's own phase, not the visit's time: streams checked together
+                # by a late tick (an idle loop sleeps a round) keep their spread.
+                sub.ping_at += quiet
+                if sub.ping_at <= now:  # far behind (a stalled loop): a new phase
+                    sub.ping_at = now + random.random() * quiet
+            if sub.closed is None:
+                self._count += 1
+                self._schedule(sub)

@@ -9,6 +9,7 @@ meanwhile wait behind the replay and `seq` drops the overlap. `routes/job_events
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -161,7 +162,9 @@ class SubscriberFrames:
         self.sub = sub
 
     def attach(self, sink: Sink) -> None:
-        self.sub.sink = sink
+        sub = self.sub
+        sub.sink = sink
+        sub.gone_told = sink.when_gone(functools.partial(sub.close, "disconnect"))
 
     async def next_frame(self) -> bytes | None:
         sub = self.sub

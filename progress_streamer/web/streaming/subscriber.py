@@ -53,6 +53,11 @@ class Sink(Protocol):
         """The client left (the keep-alive sweep then ends the stream)."""
         ...
 
+    def when_gone(self, callback: Callable[[], object]) -> bool:
+        """Call back once when the client leaves, and say True; False if this sink
+        cannot tell (the keep-alive sweep then polls `gone`)."""
+        ...
+
     def write(self, body: bytes) -> bool:
         """Write now and say True, or write nothing and say False."""
         ...
@@ -86,7 +91,9 @@ class Subscriber:
         self.ping_due = False
         self.wrote = True  # a frame went out since the keep-alive's last ping check
         self.ping_at = 0.0  # the keep-alive's next ping check (time.monotonic())
-        self.sweep_slot: int | None = None  # the keep-alive's slot, while it has one
+        self.sweep_slot: int | None = None  # the keep-alive's polled set, while polled
+        self.due_slot: int | None = None  # the keep-alive's bucket of its next check
+        self.gone_told = False  # its sink tells when the client leaves (no polling)
         # A jittered lifetime, so a deploy does not make every client resume at once.
         self.deadline = time.monotonic() + lifetime * (1 - 0.2 * random.random())
         # A watch's `id:` is the cursor of the last seq written per job (`12.0.7`).

@@ -166,7 +166,9 @@ async def test_a_client_that_stalls_then_reads_slowly_gets_every_event_in_order(
 async def test_a_client_that_leaves_frees_its_stream_on_either_path(
     settings: Settings, pub: Publisher, http: str
 ) -> None:
-    """The sweep reads the direct writer's `gone`; under h11 a listener task does it."""
+    """The Procfile's protocol tells the direct writer when the connection is lost;
+    under uvicorn's own httptools protocol the sweep polls the writer's `gone`; under h11
+    a listener task waits for `http.disconnect`."""
     job = started_job(pub)
     with running_server(settings.replace(ping_seconds=30), http=http) as server:
         services = server.services
@@ -174,6 +176,10 @@ async def test_a_client_that_leaves_frees_its_stream_on_either_path(
             async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
                 await past_the_preamble(response.aiter_lines())
                 assert services.limiter.open == 1
-        # No event and no ping is due: only the disconnect can end the stream.
-        await eventually(lambda: services.limiter.open == 0)
+                [sub] = services.hub.subscribers()
+                await eventually(lambda: sub.sink is not None or http == "h11")
+                assert sub.gone_told is (http == PROCFILE_HTTP)
+        # No event and no ping is due: only the disconnect can end the stream, within a
+        # sweep round (2 s here is generous; the first ping check is up to 7 s away).
+        await eventually(lambda: services.limiter.open == 0, within=2)
         assert services.hub.subscribers() == []

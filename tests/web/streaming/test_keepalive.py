@@ -36,6 +36,9 @@ class RecordingSink:
         self.pings: list[float] = []
         self.frames = 0
 
+    def when_gone(self, callback: object) -> bool:
+        return False  # polled, as under uvicorn's own protocol
+
     def write(self, body: bytes) -> bool:
         if body == PING:
             self.pings.append(asyncio.get_running_loop().time())
