@@ -31,3 +31,4 @@ test: lint
 bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.scaleout
+	$(PY) -m bench.cluster

@@ -4,7 +4,9 @@ and writing it into docs/benchmarks.md between its markers, leaving the rest unt
 
 from __future__ import annotations
 
+import sys
 import time
+from argparse import ArgumentParser, Namespace, RawDescriptionHelpFormatter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from bench.worker_cost import table as worker_table
 
 BEGIN = "<!-- bench:begin (written by `make bench`; edits inside are overwritten) -->"
 END = "<!-- bench:end -->"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def versions() -> str:
@@ -111,3 +114,32 @@ def write_docs(path: Path, block: str, *, begin: str = BEGIN, end: str = END) ->
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def save(
+    text: str, raw: str, args: Namespace, *, name: str, started: float, markers: tuple[str, str]
+) -> None:
+    """Print a module's block, keep its raw figures in `args.results`
+    (`name-<start>.json`), and write the block between the module's `markers` into
+    `args.docs`, by default docs/benchmarks.md, except with `--quick` or `--no-docs`."""
+    print(text)
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
+    (args.results / f"{name}-{stamp}.json").write_text(raw)
+    docs = args.docs or (None if args.quick else DOCS)
+    if docs is not None and not args.no_docs:
+        write_docs(docs, text, begin=markers[0], end=markers[1])
+        print(f"written into {docs}", file=sys.stderr)
+
+
+def parse_args(argv: list[str], command: str, doc: str, scenarios: str) -> Namespace:
+    """The options every module that writes its own section takes (`save` reads them)."""
+    parser = ArgumentParser(
+        prog=command, description=doc, formatter_class=RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness")
+    parser.add_argument("--scenarios", default=scenarios)
+    parser.add_argument("--docs", type=Path, default=None, help="Markdown file to write into")
+    parser.add_argument("--no-docs", action="store_true", help="print only")
+    parser.add_argument("--results", type=Path, default=DOCS.parent.parent / "bench" / "results")
+    return parser.parse_args(argv)

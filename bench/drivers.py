@@ -24,10 +24,11 @@ from typing import Protocol
 
 import redis.asyncio
 
+from progress_streamer.protocol.connections import async_client
 from progress_streamer.protocol.event import EventDraft, join_event
 from progress_streamer.protocol.keys import KeySpace
 from progress_streamer.protocol.publisher import AsyncPublisher, outcome_of, publish_call
-from progress_streamer.protocol.scripts import PUBLISH
+from progress_streamer.protocol.scripts import publish_script
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 
@@ -54,13 +55,25 @@ class OursDriver:
     the same `publish_call` (keys and arguments, `ts` stamped) and the same publish
     script, queued in one pipeline so that the publisher never limits the rate."""
 
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
-        self.client = redis.asyncio.Redis.from_url(redis_url, max_connections=4)
-        self.settings = Settings(redis_url=redis_url, key_prefix=key_prefix)
+    def __init__(self, redis_url: str, key_prefix: str, queue_url: str | None = None) -> None:
+        # On a Redis Cluster (`queue_url`: the non-cluster Redis the settings then need),
+        # the pipeline sends each node its share of the batch.
+        self.settings = Settings(
+            redis_url=redis_url,
+            key_prefix=key_prefix,
+            celery_broker_url=queue_url,
+            arq_redis_url=queue_url,
+        )
+        self.client = async_client(self.settings, max_connections=4)
         self.publisher = AsyncPublisher(self.client, self.settings)
-        self.sha = hashlib.sha1(PUBLISH.encode()).hexdigest()
+        self.script = publish_script(self.settings.cluster)  # SPUBLISH on a cluster
+        self.sha = hashlib.sha1(self.script.encode()).hexdigest()
+        self.loaded = False
 
     async def create(self, job_id: str) -> None:
+        if not self.loaded:  # on every primary of a cluster, whichever slots jobs get
+            await self.client.script_load(self.script)
+            self.loaded = True
         outcome = await self.publisher.publish(EventDraft(job_id=job_id, status=JobStatus.STARTED))
         if not outcome.accepted:
             raise RuntimeError(f"the publish script refused to start {job_id}: {outcome}")
@@ -70,9 +83,10 @@ class OursDriver:
         for job_id in job_ids:
             draft = EventDraft(job_id=job_id, status=JobStatus.PROGRESS, step="bench")
             call = publish_call(self.publisher.keyspace.job(job_id), draft, self.settings)
-            # EVALSHA of the script `create()` loaded (through the publisher); the Script
-            # object itself would add a SCRIPT EXISTS round trip to every batch.
-            pipe.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
+            # EVALSHA of the script `create()` loaded; the Script object itself would add a
+            # SCRIPT EXISTS round trip to every batch. As a raw command: redis-py's cluster
+            # pipeline blocks its `evalsha` method, not the command (routed by its keys).
+            pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
         replies = await pipe.execute()
         return [outcome_of(reply).accepted for reply in replies]
 

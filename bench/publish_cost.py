@@ -8,7 +8,8 @@ Each round publishes `jobs` x `events` events (a `started`, then `progress`) thr
 system redis-server >= 7 alone with AOF (PUBLISH), and a 3-primary cluster of it with AOF
 (SPUBLISH and the idempotency token), and reads `INFO commandstats` (EVALSHA's
 `usec_per_call`: the script's time inside Redis, its commands included). Rounds
-interleave the three so they see the same machine noise; medians are printed.
+interleave them so they see the same machine noise; medians are printed.
+`bench.cluster` runs `cost_rounds` too (its figures go into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -43,6 +45,63 @@ def evalsha(client: redis.Redis) -> tuple[int, float]:
     return int(stats.get("calls", 0)), float(stats.get("usec", 0))
 
 
+@dataclass(slots=True)
+class Costs:
+    """Per round: EVALSHA µs per call of each Redis (the cluster's over all its calls),
+    and on the cluster each primary's calls and µs per call."""
+
+    cluster_name: str
+    figures: dict[str, list[float]]
+    shares: list[list[int]] = field(default_factory=list)
+    per_primary: list[list[float]] = field(default_factory=list)
+
+
+def cost_rounds(
+    plain: dict[str, RedisServer],
+    cluster: RedisCluster,
+    queue_url: str,
+    *,
+    rounds: int,
+    jobs: int,
+    events: int,
+) -> Costs:
+    """Interleaved rounds over each standalone Redis in `plain` and the cluster (its
+    Celery broker / ARQ queue setting: `queue_url`)."""
+    publishers = {
+        name: Publisher(sync_client(Settings(redis_url=s.url), max_connections=2),
+                        Settings(redis_url=s.url))
+        for name, s in plain.items()
+    }  # fmt: skip
+    on_cluster = Settings(
+        redis_url=cluster.url, celery_broker_url=queue_url, arq_redis_url=queue_url
+    )
+    clustered = Publisher(sync_client(on_cluster, max_connections=2), on_cluster)
+    version = system_redis_server()[1]
+    name = f"{cluster.primary_count}-primary cluster, Redis {version} + AOF, SPUBLISH + token"
+    costs = Costs(name, {n: [] for n in [*plain, name]})
+    nodes = [n.client() for n in cluster.primaries()]
+    try:
+        for _ in range(rounds):
+            for label, publisher in publishers.items():
+                publisher.redis.config_resetstat()
+                publish_round(publisher, jobs, events)
+                calls, usec = evalsha(publisher.redis)  # type: ignore[arg-type]
+                costs.figures[label].append(usec / calls)
+            for node in nodes:
+                node.config_resetstat()
+            publish_round(clustered, jobs, events)
+            per_node = [evalsha(node) for node in nodes]
+            costs.figures[name].append(sum(u for _, u in per_node) / sum(c for c, _ in per_node))
+            costs.shares.append([c for c, _ in per_node])
+            costs.per_primary.append([u / c if c else 0.0 for c, u in per_node])
+    finally:
+        for node in nodes:
+            node.close()
+        for publisher in [*publishers.values(), clustered]:
+            publisher.redis.close()
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -61,42 +120,17 @@ def main() -> None:
             "embedded Redis, PUBLISH": embedded,
             f"Redis {version} + AOF, PUBLISH": single,
         }
-        publishers = {
-            name: Publisher(sync_client(Settings(redis_url=s.url), max_connections=2),
-                            Settings(redis_url=s.url))
-            for name, s in plain.items()
-        }  # fmt: skip
-        on_cluster = Settings(
-            redis_url=cluster.url, celery_broker_url=single.url, arq_redis_url=single.url
+        costs = cost_rounds(
+            plain, cluster, single.url, rounds=args.rounds, jobs=args.jobs, events=args.events
         )
-        clustered = Publisher(sync_client(on_cluster, max_connections=2), on_cluster)
-        cluster_name = f"3-primary cluster, Redis {version} + AOF, SPUBLISH + token"
-        figures: dict[str, list[float]] = {name: [] for name in [*plain, cluster_name]}
-        shares: list[list[int]] = []
-        nodes = [n.client() for n in cluster.nodes]
-        for _ in range(args.rounds):
-            for name, publisher in publishers.items():
-                publisher.redis.config_resetstat()
-                publish_round(publisher, args.jobs, args.events)
-                calls, usec = evalsha(publisher.redis)  # type: ignore[arg-type]
-                figures[name].append(usec / calls)
-            for node in nodes:
-                node.config_resetstat()
-            publish_round(clustered, args.jobs, args.events)
-            per_node = [evalsha(node) for node in nodes]
-            calls = sum(c for c, _ in per_node)
-            figures[cluster_name].append(sum(u for _, u in per_node) / calls)
-            shares.append([c for c, _ in per_node])
-        for node in nodes:
-            node.close()
     calls_per_round = args.jobs * args.events
     print(f"{args.rounds} interleaved rounds of {calls_per_round} publishes each\n")
     print("| Redis | EVALSHA µs per call (median) | min | max |")
     print("| --- | --- | --- | --- |")
-    for name, values in figures.items():
+    for name, values in costs.figures.items():
         print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} | "
               f"{max(values):.1f} |")  # fmt: skip
-    totals = [sum(column) for column in zip(*shares, strict=True)]
+    totals = [sum(column) for column in zip(*costs.shares, strict=True)]
     print(f"\ncalls per cluster node over all rounds: {totals} (random job ids)")
 
 

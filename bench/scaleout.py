@@ -207,17 +207,9 @@ async def proxied_fanout(
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scaleout",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return document.parse_args(
+        argv, "python -m bench.scaleout", __doc__ or "", "fanout,streams,jobs"
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness")
-    parser.add_argument("--scenarios", default="fanout,streams,jobs")
-    parser.add_argument("--docs", type=Path, default=None, help="Markdown file to write into")
-    parser.add_argument("--no-docs", action="store_true", help="print only")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    return parser.parse_args(argv)
 
 
 async def run(
@@ -268,14 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         results = uvloop.run(run(sizes, scenarios, backend, redis_server.process.pid))
     command = " ".join(["python -m bench.scaleout", *argv]).strip()
     text = block(results, sizes, command, load, started)
-    print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
-    (args.results / f"scaleout-{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
-    docs = args.docs or (None if args.quick else ROOT / "docs" / "benchmarks.md")
-    if docs is not None and not args.no_docs:
-        document.write_docs(docs, text, begin=BEGIN, end=END)
-        print(f"written into {docs}", file=sys.stderr)
+    raw = json.dumps(results, indent=1, default=str)
+    document.save(text, raw, args, name="scaleout", started=started, markers=(BEGIN, END))
     return 0
 
 

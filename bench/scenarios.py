@@ -103,6 +103,10 @@ class Context:
     backend: Backend
     monitor: redis.asyncio.Redis
     redis_pid: int
+    # The other primaries of a Redis Cluster: a step counts every primary's script calls
+    # and CPU (bench/cluster_fanout.py).
+    other_monitors: tuple[redis.asyncio.Redis, ...] = ()
+    other_redis_pids: tuple[int, ...] = ()
 
 
 def make_driver(server: RunningServer, backend: Backend, key_prefix: str) -> Driver:
@@ -146,7 +150,7 @@ class CpuMeter:
             ctx.server.cpu_seconds(),
             ctx.fleet.cpu_seconds(),
             cpu_seconds([os.getpid()]),
-            cpu_seconds([ctx.redis_pid]),
+            cpu_seconds([ctx.redis_pid, *ctx.other_redis_pids]),
         )
 
     def stop(self) -> dict[str, float]:
@@ -186,13 +190,14 @@ async def step(
     """Publish at `rate` for `seconds`, wait for the deliveries, measure everything."""
     since = time.time()
     await ctx.fleet.reset(since)
-    scripts_before = await script_stats(ctx.monitor)
+    monitors = (ctx.monitor, *ctx.other_monitors)
+    scripts_before = await script_stats(*monitors)
     meter = CpuMeter(ctx)
     published = await drive(ctx.driver, jobs, rate, seconds)
     expected = expected_deliveries(published, open_by_path)
     got = await wait_for(ctx.fleet, expected, DRAIN_SECONDS)
     cpu = meter.stop()
-    scripts_after = await script_stats(ctx.monitor)
+    scripts_after = await script_stats(*monitors)
     calls, usec = (b - a for a, b in zip(scripts_before, scripts_after, strict=True))
     result = await ctx.fleet.collect()
     # Deliveries/s over the time they took to arrive: from the first publish to the
@@ -240,10 +245,13 @@ def late_share(ordered: list[float], bound: float) -> float | None:
     return 100 * (len(ordered) - bisect.bisect_right(ordered, bound)) / len(ordered)
 
 
-async def script_stats(monitor: redis.asyncio.Redis) -> tuple[int, int]:
-    """(calls, CPU µs) of scripts so far, as Redis counts them (`INFO commandstats`)."""
-    stats = await monitor.info("commandstats")
-    found = [stats[name] for name in SCRIPT_COMMANDS if name in stats]
+async def script_stats(*monitors: redis.asyncio.Redis) -> tuple[int, int]:
+    """(calls, CPU µs) of scripts so far, as Redis counts them (`INFO commandstats`),
+    summed over the servers (a cluster's primaries)."""
+    found = []
+    for monitor in monitors:
+        stats = await monitor.info("commandstats")
+        found += [stats[name] for name in SCRIPT_COMMANDS if name in stats]
     return sum(int(s["calls"]) for s in found), sum(int(s["usec"]) for s in found)
 
 

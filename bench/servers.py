@@ -62,6 +62,9 @@ class Backend:
     open_files: int
     nchan: Nchan | None
     baseline: str | None = None  # the exported tree of the baseline commit
+    # Cluster mode (`redis_url` is `redis+cluster://...`): the non-cluster Redis of the
+    # Celery broker and the ARQ queue, which the web process then requires.
+    queue_url: str | None = None
 
 
 class RunningServer:
@@ -128,6 +131,8 @@ def command_for(
             PROGRESS_MAX_STREAMS_PER_CLIENT="20000",
             PROGRESS_SHUTDOWN_SECONDS="2",
         )
+        if backend.queue_url is not None:
+            env.update(CELERY_BROKER_URL=backend.queue_url, ARQ_REDIS_URL=backend.queue_url)
         return command_of("web", env, *overrides), env
     if name == "naive":
         env.update(BENCH_REDIS_URL=backend.redis_url, BENCH_KEY_PREFIX=backend.key_prefix)

@@ -301,12 +301,16 @@ class RedisCluster:
         replica.command("CLUSTER", "FAILOVER")
         self._wait(lambda: replica in self.primaries() and self._settled(), 30.0, "failover done")
 
-    def migrate_slot(self, slot: int, target: ClusterNode, *, batch: int = 100) -> None:
+    def migrate_slot(self, slot: int, target: ClusterNode, *, batch: int = 100) -> float:
         """Move `slot` and its keys to `target` the way `redis-cli --cluster reshard` does:
-        IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE on every primary."""
+        IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE on every primary.
+
+        Returns when (`time.monotonic()`) the source answered its SETSLOT NODE: the step
+        that makes it push `sunsubscribe` to the slot's subscribers (bench.reroute times
+        the re-subscription from there)."""
         source = self.owner_of(slot)
         if source is target:
-            return
+            return time.monotonic()
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
         source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
         while True:
@@ -315,9 +319,13 @@ class RedisCluster:
             if not keys:
                 break
             source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        released = time.monotonic()
         for node in [target, source, *(p for p in self.primaries() if p not in (target, source))]:
             node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+            if node is source:
+                released = time.monotonic()
         self._wait(lambda: self.owner_of(slot) is target and self._settled(), 30.0, "migration")
+        return released
 
 
 @contextmanager
@@ -354,6 +362,13 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def shard_subscribers(node: ClusterNode, channel: str) -> int:
+    """Sharded subscribers of `channel` on `node` (`PUBSUB SHARDNUMSUB`)."""
+    reply = node.command("PUBSUB", "SHARDNUMSUB", channel)
+    assert isinstance(reply, list)
+    return int(reply[1])
 
 
 def queue_env(settings: Settings) -> dict[str, str]:
