@@ -72,7 +72,7 @@ class ClusterNode:
     """One redis-server of the cluster; keeps its port, bus port and data directory across
     restarts (its nodes.conf and AOF live there, so it comes back as the same node)."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, options: tuple[str, ...] = ()) -> None:
         self.bus_port = free_port()
         self.server = RedisServer(
             binary,
@@ -82,6 +82,7 @@ class ClusterNode:
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 "--cluster-port", str(self.bus_port),
+                *options,
             ),
         )  # fmt: skip
         self.node_id = ""
@@ -116,14 +117,22 @@ class ClusterNode:
 
 
 class RedisCluster:
-    """`primaries` primaries owning even slot ranges, each with `replicas` replicas."""
+    """`primaries` primaries owning even slot ranges, each with `replicas` replicas;
+    `options`: more redis-server options for every node, kept across its restarts."""
 
-    def __init__(self, primaries: int = 3, replicas: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        binary: str | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         if binary is None:
             binary, why = system_redis_server()
             if binary is None:
                 raise RuntimeError(why)
-        self.nodes = [ClusterNode(binary) for _ in range(primaries * (1 + replicas))]
+        count = primaries * (1 + replicas)
+        self.nodes = [ClusterNode(binary, options) for _ in range(count)]
         self.primary_count = primaries
         self.replicas_per_primary = replicas
 
@@ -234,6 +243,14 @@ class RedisCluster:
                 return False
             views.append(sorted((s[0], s[1], int(s[2][1])) for s in slots))
         return bool(views) and all(view == views[0] for view in views)
+
+    def wait_down(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:fail (a primary with no replica lost)."""
+        self._wait(self._down, timeout, "cluster_state:fail on every live node")
+
+    def _down(self) -> bool:
+        live = [n for n in self.nodes if n.alive]
+        return all("cluster_state:fail" in str(n.command("CLUSTER", "INFO")) for n in live)
 
     def wait_replicated(self, timeout: float = 30.0) -> None:
         """Until every live replica has every write its primary took (offsets equal)."""
@@ -367,6 +384,8 @@ def queue_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def running_cluster(primaries: int = 3, replicas: int = 0) -> Iterator[RedisCluster]:
-    with RedisCluster(primaries, replicas) as cluster:
+def running_cluster(
+    primaries: int = 3, replicas: int = 0, options: tuple[str, ...] = ()
+) -> Iterator[RedisCluster]:
+    with RedisCluster(primaries, replicas, options=options) as cluster:
         yield cluster
