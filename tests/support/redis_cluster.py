@@ -11,6 +11,7 @@ is missing or too old, `cluster_unavailable()` says why and the tests skip with 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -62,6 +63,32 @@ def _version_of(binary: str) -> tuple[int, int, int] | None:
     return None if found is None else (int(found[1]), int(found[2]), int(found[3]))
 
 
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a node that restarts.
+
+    A port from `free_port` is an ephemeral one: while its node is down, any outgoing
+    connection on the machine may take it as its source port (another process's, or a
+    peer's or client's reconnect to that very port, which then connects to itself), and
+    the restart fails with "Address already in use" (seen once on a bus port, with other
+    sessions loading the machine). No connection takes a source port outside the range."""
+    low = _ephemeral_range_start()
+    if low <= 10000:
+        return free_port()
+    for _ in range(1000):
+        port = random.randrange(10000, low)
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in 10000..{low}")
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_unavailable() -> str | None:
     """Why the cluster tests cannot run here, or None when they can."""
     binary, why = system_redis_server()
@@ -73,9 +100,10 @@ class ClusterNode:
     restarts (its nodes.conf and AOF live there, so it comes back as the same node)."""
 
     def __init__(self, binary: str, options: tuple[str, ...] = ()) -> None:
-        self.bus_port = free_port()
+        self.bus_port = stable_port()
         self.server = RedisServer(
             binary,
+            stable_port(),
             appendonly=True,
             extra_args=(
                 "--cluster-enabled", "yes",
