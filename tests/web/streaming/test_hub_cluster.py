@@ -1,5 +1,6 @@
 """The hub on a Redis Cluster: one pub/sub connection per primary, and channels that
-follow their slot when it migrates, when its primary restarts or fails over."""
+follow their slot when it migrates, when its primary restarts or fails over, or when
+the cluster is down (CLUSTERDOWN)."""
 
 from __future__ import annotations
 
