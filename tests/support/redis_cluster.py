@@ -11,6 +11,7 @@ is missing or too old, `cluster_unavailable()` says why and the tests skip with 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -62,6 +63,32 @@ def _version_of(binary: str) -> tuple[int, int, int] | None:
     return None if found is None else (int(found[1]), int(found[2]), int(found[3]))
 
 
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a node that restarts.
+
+    A port from `free_port` is an ephemeral one: while its node is down, any outgoing
+    connection on the machine may take it as its source port (another process's, or a
+    peer's or client's reconnect to that very port, which then connects to itself), and
+    the restart fails with "Address already in use" (seen once on a bus port, with other
+    sessions loading the machine). No connection takes a source port outside the range."""
+    low = _ephemeral_range_start()
+    if low <= 10000:
+        return free_port()
+    for _ in range(1000):
+        port = random.randrange(10000, low)
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in 10000..{low}")
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_unavailable() -> str | None:
     """Why the cluster tests cannot run here, or None when they can."""
     binary, why = system_redis_server()
@@ -72,16 +99,18 @@ class ClusterNode:
     """One redis-server of the cluster; keeps its port, bus port and data directory across
     restarts (its nodes.conf and AOF live there, so it comes back as the same node)."""
 
-    def __init__(self, binary: str) -> None:
-        self.bus_port = free_port()
+    def __init__(self, binary: str, options: tuple[str, ...] = ()) -> None:
+        self.bus_port = stable_port()
         self.server = RedisServer(
             binary,
+            stable_port(),
             appendonly=True,
             extra_args=(
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                 "--cluster-port", str(self.bus_port),
+                *options,
             ),
         )  # fmt: skip
         self.node_id = ""
@@ -116,14 +145,22 @@ class ClusterNode:
 
 
 class RedisCluster:
-    """`primaries` primaries owning even slot ranges, each with `replicas` replicas."""
+    """`primaries` primaries owning even slot ranges, each with `replicas` replicas;
+    `options`: more redis-server options for every node, kept across its restarts."""
 
-    def __init__(self, primaries: int = 3, replicas: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        binary: str | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         if binary is None:
             binary, why = system_redis_server()
             if binary is None:
                 raise RuntimeError(why)
-        self.nodes = [ClusterNode(binary) for _ in range(primaries * (1 + replicas))]
+        count = primaries * (1 + replicas)
+        self.nodes = [ClusterNode(binary, options) for _ in range(count)]
         self.primary_count = primaries
         self.replicas_per_primary = replicas
 
@@ -234,6 +271,14 @@ class RedisCluster:
                 return False
             views.append(sorted((s[0], s[1], int(s[2][1])) for s in slots))
         return bool(views) and all(view == views[0] for view in views)
+
+    def wait_down(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:fail (a primary with no replica lost)."""
+        self._wait(self._down, timeout, "cluster_state:fail on every live node")
+
+    def _down(self) -> bool:
+        live = [n for n in self.nodes if n.alive]
+        return all("cluster_state:fail" in str(n.command("CLUSTER", "INFO")) for n in live)
 
     def wait_replicated(self, timeout: float = 30.0) -> None:
         """Until every live replica has every write its primary took (offsets equal)."""
@@ -382,6 +427,8 @@ def queue_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def running_cluster(primaries: int = 3, replicas: int = 0) -> Iterator[RedisCluster]:
-    with RedisCluster(primaries, replicas) as cluster:
+def running_cluster(
+    primaries: int = 3, replicas: int = 0, options: tuple[str, ...] = ()
+) -> Iterator[RedisCluster]:
+    with RedisCluster(primaries, replicas, options=options) as cluster:
         yield cluster

@@ -48,6 +48,9 @@ Cluster mode (`REDIS_URL=redis+cluster://...`, sharded pub/sub, Redis >= 7):
   owns slots (failed over) has its connection closed. A map that still names the node
   that gave the slot away is stale (read from a node gossip has not reached yet): the
   router reads it again rather than subscribe there (`STALE_MAP_SECONDS`).
+- While the cluster is down (`cluster-allow-pubsubshard-when-down no`) every retry is
+  refused with CLUSTERDOWN: ten a second per channel at most (`ROUTE_PAUSE`), and the
+  refusals are counted into one log line per `REFUSED_LOG_SECONDS`, not one each.
 - Which command an error or a `sunsubscribe` answers is known from the order of the
   link's commands (Redis answers in order): `_Link.sent`.
 - The reader's per-message path is the same in both modes: one comparison with the
@@ -85,6 +88,9 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 1.0  # the reader wakes this often to check the connection's health
 HEALTH_SECONDS = 5.0  # a PING goes out when Redis was quiet this long
 BAD_MESSAGE_LOG_SECONDS = 10.0  # malformed messages are logged at most this often
+# CLUSTERDOWN/TRYAGAIN answer every retry (ten a second per channel) while the cluster is
+# down: they are counted, and logged at most this often.
+REFUSED_LOG_SECONDS = 10.0
 BACKOFF_MAX = 2.0
 SHARD_BACKOFF_MAX = 0.5  # a primary's connection retries faster: its failover is awaited
 ROUTE_PAUSE = 0.1  # at most ten slot-map refreshes a second, however many channels move
@@ -98,6 +104,25 @@ STALE_MAP_SECONDS = 3.0
 
 class HubUnavailable(RuntimeError):
     """Redis did not confirm a subscription in time (it is down or unreachable)."""
+
+
+class _Tally:
+    """A condition that may repeat many times a second, logged at most once per
+    `interval`: the first at once, the next ones counted into the following line."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.count = 0
+        self.logged_at = float("-inf")
+
+    def due(self) -> int:
+        """Count one; return the count to log now, or 0 within the interval."""
+        self.count += 1
+        now = time.monotonic()
+        if now < self.logged_at + self.interval:
+            return 0
+        count, self.count, self.logged_at = self.count, 0, now
+        return count
 
 
 class _Link:
@@ -176,8 +201,8 @@ class SubscriptionHub:
         self._task: asyncio.Task[None] | None = None  # the reader (standalone), the router
         self._tasks: set[asyncio.Task[None]] = set()  # catch-ups under way
         self._closing = False
-        self._bad_messages = 0
-        self._bad_logged_at = float("-inf")
+        self._bad_messages = _Tally(BAD_MESSAGE_LOG_SECONDS)
+        self._not_now = _Tally(REFUSED_LOG_SECONDS)  # CLUSTERDOWN, TRYAGAIN
 
     @property
     def watched_jobs(self) -> int:
@@ -443,10 +468,22 @@ class SubscriptionHub:
         if link.acks[name] <= 0:
             link.acks.pop(name, None)
         channel = self._channels.get(name)
-        if channel is not None and channel.link is link:
-            why = f"{type(exc).__name__}: {exc}"  # MovedError's text is the slot and node
+        if channel is None or channel.link is not link:
+            return
+        self._log_refusal(name, link, exc)
+        self._reroute(name, channel, link, gave_away=isinstance(exc, MovedError))
+
+    def _log_refusal(self, name: str, link: _Link, exc: ResponseError) -> None:
+        """Each MOVED (a move: rare); CLUSTERDOWN/TRYAGAIN counted, as every retry gets
+        one while the cluster is down (ten a second per channel)."""
+        why = f"{type(exc).__name__}: {exc}"  # MovedError's text is the slot and node
+        if isinstance(exc, MovedError):
             log.info("SSUBSCRIBE %s refused by %s (%s); re-routing", name, link.node, why)
-            self._reroute(name, channel, link, gave_away=isinstance(exc, MovedError))
+        elif count := self._not_now.due():
+            log.warning(
+                "SSUBSCRIBE refused %d time(s) in %.0f s (%s), latest %s by %s; retrying",
+                count, REFUSED_LOG_SECONDS, why, name, link.node,
+            )  # fmt: skip
 
     def _reroute(
         self, name: str, channel: _Channel, old: _Link, *, gave_away: bool = False
@@ -546,14 +583,11 @@ class SubscriptionHub:
 
     def _skip_bad_message(self, name: str, exc: Exception) -> None:
         self.metrics.bad_messages.inc()
-        self._bad_messages += 1
-        now = time.monotonic()
-        if now >= self._bad_logged_at + BAD_MESSAGE_LOG_SECONDS:
+        if count := self._bad_messages.due():
             log.warning(
                 "skipped %d malformed pub/sub message(s) in %.0f s, latest on %s: %s",
-                self._bad_messages, BAD_MESSAGE_LOG_SECONDS, name, exc,
+                count, BAD_MESSAGE_LOG_SECONDS, name, exc,
             )  # fmt: skip
-            self._bad_logged_at, self._bad_messages = now, 0
 
     def _catch_up(self, channel: _Channel) -> None:
         """After a (re)subscribe: queue, for every held client, what it missed."""

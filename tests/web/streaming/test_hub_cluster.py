@@ -1,5 +1,6 @@
 """The hub on a Redis Cluster: one pub/sub connection per primary, and channels that
-follow their slot when it migrates, when its primary restarts or fails over."""
+follow their slot when it migrates, when its primary restarts or fails over, or when
+the cluster is down (CLUSTERDOWN)."""
 
 from __future__ import annotations
 
@@ -342,5 +343,108 @@ async def test_a_channel_subscribed_on_a_stale_map_follows_moved(
                         rest = [json.loads(e.data)["seq"] async for e in events]
             assert rest == [2]
             assert any("(MovedError: " in r.getMessage() for r in caplog.records)
+        finally:
+            pub.redis.close()
+
+
+# Redis 7 serves sharded pub/sub on a failed cluster by default; with this option off, a
+# primary answers SSUBSCRIBE with `-CLUSTERDOWN` while the cluster is down.
+PUBSUB_DOWN = ("--cluster-allow-pubsubshard-when-down", "no")
+
+
+def job_on(cluster: RedisCluster, keys: KeySpace, node: ClusterNode) -> str:
+    """A new job id whose channel's slot `node` serves."""
+    while True:
+        job = uuid.uuid4().hex
+        if cluster.owner_of_key(keys.job(job).channel) is node:
+            return job
+
+
+def kill_hub_connections(node: ClusterNode, prefix: str) -> int:
+    """Close the hub's pub/sub connections on `node` from the server side."""
+    with node.client() as client:
+        ids = [
+            c["id"]
+            for c in client.client_list(_type="pubsub")
+            if c.get("name") == f"progress-hub-{prefix}"
+        ]
+        for client_id in ids:
+            client.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+def ssubscribes_refused(node: ClusterNode) -> int:
+    """The SSUBSCRIBEs `node` refused (CLUSTERDOWN, MOVED) since it started."""
+    with node.client() as client:
+        stats = client.info("commandstats")
+    return int(stats.get("cmdstat_ssubscribe", {}).get("rejected_calls", 0))
+
+
+async def test_a_cluster_down_refuses_ssubscribe_and_the_hub_retries_until_it_is_back(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A primary with no replica killed: the others say cluster_state:fail. The hub's
+    # connection to a surviving primary is then closed, so it must subscribe its channel
+    # again, and is refused (CLUSTERDOWN) until the dead primary is back. One feed per
+    # primary: on the dead one (its reconnect meets CLUSTERDOWN during its rejoin delay),
+    # on the refusing one, on one whose connection stays (publishes refused meanwhile).
+    keys = KeySpace(prefix)
+    with running_cluster(3, options=PUBSUB_DOWN) as cluster:
+        settings = cluster_settings(cluster, redis_server, prefix)
+        pub = publisher(settings)
+        dead, alive, other = cluster.primaries()
+        feeds = [Feed(job_on(cluster, keys, node)) for node in (dead, alive, other)]
+        late = job_on(cluster, keys, alive)  # a stream opened while the cluster is down
+        for job in [*(f.job_id for f in feeds), late]:
+            pub.publish(EventDraft(job_id=job, status=JobStatus.STARTED))
+        caplog.set_level(logging.INFO, logger="progress_streamer.web.streaming.hub")
+        try:
+            with running_server(settings) as server:
+                async with (
+                    httpx.AsyncClient(base_url=server.url, timeout=60) as client,
+                    AsyncExitStack() as stack,
+                ):
+                    readers = await _follow(stack, client, feeds)
+                    with Publishers(settings, feeds, count=60) as publishers:
+                        await _wait_for_seq(feeds[1], 5, 10)
+                        # Parked while the cluster goes down; resumed (and refused, and
+                        # tried again) before it is back: the first events published
+                        # once it is ok race the hub's next SSUBSCRIBE.
+                        await asyncio.to_thread(publishers.pause)
+                        await asyncio.to_thread(cluster.kill, dead)
+                        await asyncio.to_thread(cluster.wait_down)
+                        before = ssubscribes_refused(alive)
+                        assert kill_hub_connections(alive, prefix) == 1
+                        started = time.monotonic()
+                        response = await client.get(f"/api/v1/jobs/{late}/events")
+                        waited = time.monotonic() - started
+                        refused = ssubscribes_refused(alive) - before
+                        publishers.resume()
+                        await asyncio.to_thread(cluster.restart, dead)
+                        await asyncio.wait_for(asyncio.gather(*readers), 30)
+                    text = (await client.get("/metrics")).text
+                    rejoin_refused = ssubscribes_refused(dead)  # since its restart
+            _assert_contiguous(feeds, pub, keys)
+            # The stream that gave up left no subscription behind.
+            assert shard_subscribers(alive, keys.job(late).channel) == 0
+            # The new stream waited for a confirmation that could not come: a clear 503.
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "2"
+            assert response.json()["error"]["code"] == "not_ready"
+            assert 5.0 <= waited < 6.5
+            # Both channels on the refusing primary were tried again and again, at most
+            # ten times a second each (`ROUTE_PAUSE`), not in a hot loop.
+            assert 2 * waited <= refused <= 2 * 10 * waited + 4, (refused, waited)
+            messages = [r.getMessage() for r in caplog.records]
+            # Refused many times, logged at most once per `REFUSED_LOG_SECONDS`: no flood.
+            refusals = [m for m in messages if "(ClusterDownError: The cluster is down)" in m]
+            assert 1 <= len(refusals) <= 2, refusals
+            assert metric(text, "progress_reroutes_total") >= 2
+            report(
+                "cluster down",
+                ssubscribes_refused=refused,
+                waited_s=round(waited, 3),
+                refused_by_the_restarted_primary=rejoin_refused,
+            )
         finally:
             pub.redis.close()
