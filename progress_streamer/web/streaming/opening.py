@@ -17,8 +17,9 @@ from redis.exceptions import RedisError
 from progress_streamer.protocol.history import CatchUp, CorruptState
 from progress_streamer.web.errors import ApiError
 from progress_streamer.web.services import Services
+from progress_streamer.web.streaming.catch_up import state_lost
 from progress_streamer.web.streaming.frames import PING
-from progress_streamer.web.streaming.hub import HubUnavailable, state_lost
+from progress_streamer.web.streaming.hub import HubUnavailable
 from progress_streamer.web.streaming.response import EventStreamResponse
 from progress_streamer.web.streaming.subscriber import Delivery, Sink, Subscriber, frame_of
 
@@ -101,7 +102,7 @@ async def _subscribe_and_replay(services: Services, req: StreamRequest, sub: Sub
             sub.finished.add(job_id)
         replay = [] if caught_up else _replay(job_id, after, catch_up)
         if not sub.release(job_id, replay, None if catch_up is None else catch_up.epoch):
-            services.hub.recheck(job_id, [sub])
+            services.hub.catch_ups.recheck(job_id, [sub])
     if done == len(req.job_ids):
         raise CaughtUp
 

@@ -316,7 +316,7 @@ async def test_a_reconnect_while_a_stream_opens_neither_repeats_nor_skips(
 
             def resubscribed() -> bool:
                 reconnected = server.services.metrics.redis_reconnects._value.get() == 1
-                return reconnected and channel.confirmed.is_set() and not hub._tasks
+                return reconnected and channel.confirmed.is_set() and not hub.catch_ups.running
 
             await eventually(resubscribed, within=10)
             return caught

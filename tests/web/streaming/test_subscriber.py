@@ -10,7 +10,7 @@ import pytest
 from progress_streamer.protocol.event import EventDraft, decode_event, encode_event
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
-from progress_streamer.web.streaming.hub import state_lost
+from progress_streamer.web.streaming.catch_up import state_lost
 from progress_streamer.web.streaming.subscriber import Delivery, Subscriber, frame_of
 from tests.support.server import eventually, publisher, running_server
 
