@@ -28,7 +28,9 @@ lint: install
 test: lint
 	$(PY) -m pytest
 
+# `make bench BASELINE=<commit>` also runs ours as of that commit, side by side in the
+# same run (bench.run --baseline): how a change is shown to cost nothing.
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(if $(BASELINE),--baseline $(BASELINE))
 	$(PY) -m bench.scaleout
 	$(PY) -m bench.cluster
