@@ -20,6 +20,10 @@ keeps three doors open that it closes:
   `Retry-After` and closed at once, so the process never runs out of descriptors (which
   stops it accepting anyone, `/healthz` included) and keeps no more than it can hold.
 
+It also tells an event stream when its client left (`tell_when_lost`, called from
+`connection_lost`), so the keep-alive sweep need not poll every stream for it
+(streaming/keepalive.py, streaming/direct_writer.py).
+
 Deliberate choices:
 
 - Once a request has arrived, a chunk of incoming data costs one integer test more than

@@ -10,9 +10,11 @@ task (the request's own). Deliberate choices:
   queued (the replay, a backlog behind a slow client) and ends the response;
 - every send of this task has `PROGRESS_SEND_TIMEOUT`: a client that reads nothing is
   dropped (uvicorn then closes its socket and logs that the response was not completed);
-- a client that left frees its subscription within a sweep round (a quarter second), not
-  at the next event: the sweep reads the direct writer's `gone`; without the direct
-  writer (another server), a listener task per stream watches for `http.disconnect`.
+- a client that left frees its subscription when it leaves, not at the next event: under
+  the Procfile's protocol its `connection_lost` tells the direct writer; under uvicorn's
+  own httptools protocol the keep-alive sweep polls the writer's `gone` (within a
+  quarter second); without the direct writer (another server), a listener task per
+  stream watches for `http.disconnect`.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ class EventStreamResponse:
         writer = DirectWriter.of(send)
         if writer is None:
             _warn_once_without_direct_writes(send)
-        # With the direct writer, the shared sweep sees a client that left (`writer.gone`)
-        # within a tick; elsewhere, a listener task per stream waits for `http.disconnect`.
+        # With the direct writer, the server protocol tells of a client that left (or the
+        # sweep polls `writer.gone`); elsewhere, a listener task waits for `http.disconnect`.
         listener = None
         if writer is None:
             listener = asyncio.create_task(self._listen_for_disconnect(receive))
