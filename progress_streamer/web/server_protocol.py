@@ -158,12 +158,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if told is not None:
             told()
 
-    def tell_when_lost(self, callback: Callable[[], object]) -> None:
+    def tell_when_lost(self, callback: Callable[[], object] | None) -> None:
         """Call back when the connection is lost: an event stream's direct writer ends
         the stream at once, instead of the keep-alive sweep polling for it
         (streaming/keepalive.py). One at a time: the response now being sent's (a later
-        response on the kept-alive connection replaces it)."""
-        if self._lost:
+        response on the kept-alive connection replaces it); None forgets it (the stream
+        ended, so the connection holds no finished stream)."""
+        if callback is not None and self._lost:
             asyncio.get_running_loop().call_soon(callback)
         else:
             self._when_lost = callback

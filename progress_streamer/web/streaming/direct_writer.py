@@ -64,9 +64,10 @@ class DirectWriter:
         """The client's connection is lost (uvicorn saw it close)."""
         return bool(self._cycle.disconnected)
 
-    def when_gone(self, callback: Callable[[], object]) -> bool:
-        """Have the server protocol call back when the connection is lost: the Procfile's
-        (web/server_protocol.py) can; uvicorn's own cannot, and its streams are polled."""
+    def when_gone(self, callback: Callable[[], object] | None) -> bool:
+        """Have the server protocol call back when the connection is lost (None: no
+        longer): the Procfile's (web/server_protocol.py) can; uvicorn's own cannot, and
+        its streams are polled."""
         protocol = self._transport.get_protocol()
         tell = getattr(protocol, "tell_when_lost", None)
         if tell is None:

@@ -114,6 +114,8 @@ class EventStreamResponse:
             self.metrics.slow_clients_dropped.inc()
             log.info("dropped a stream whose client read nothing for %ss", self.send_timeout)
         finally:
+            if writer is not None:
+                writer.when_gone(None)  # a later request on the connection is not ours
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -183,3 +183,26 @@ async def test_a_client_that_leaves_frees_its_stream_on_either_path(
         # sweep round (2 s here is generous; the first ping check is up to 7 s away).
         await eventually(lambda: services.limiter.open == 0, within=2)
         assert services.hub.subscribers() == []
+
+
+async def test_a_finished_stream_leaves_nothing_on_its_kept_alive_connection(
+    settings: Settings, pub: Publisher
+) -> None:
+    """The Procfile's protocol tells a stream when its client leaves; once the stream has
+    ended, the kept-alive connection forgets it (it would otherwise hold the finished
+    stream until the connection closes, and end it again then)."""
+    job = started_job(pub)
+    with running_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("GET", f"/api/v1/jobs/{job}/events") as response:
+                lines = response.aiter_lines()
+                await past_the_preamble(lines)
+                [protocol] = server.server.server_state.connections
+                await eventually(lambda: protocol._when_lost is not None)
+                pub.publish(EventDraft(job_id=job, status=JobStatus.SUCCESS))
+                async for _ in lines:
+                    pass  # to the end of the response: the job finished
+            await eventually(lambda: server.services.limiter.open == 0)
+            assert (await client.get(f"/api/v1/jobs/{job}")).status_code == 200
+            assert server.server.server_state.connections == {protocol}  # kept alive
+            assert protocol._when_lost is None
