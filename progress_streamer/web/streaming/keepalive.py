@@ -18,14 +18,18 @@ when each was looked at four times a second. So:
   tick (1/16 of a quarter second) visits the buckets whose time has come, so a stream
   costs one visit per half ping interval (two every 15 s by default), whatever the
   number of streams;
-- **a ping phase per stream**: each stream has its own next ping check (`ping_at`), the
-  first one drawn at random within the first window, so pings go out at an even rate
-  instead of all in the same tick. At a check, a stream that wrote nothing since the
-  previous one (`Subscriber.wrote`, a flag the writes set, no clock read per event) gets
-  a ping; the next check is half a ping interval after this one was due, less a round
-  (the stream keeps its phase even when a late tick checks many streams at once). Since
-  a check comes at most a round late, two checks are at most half an interval apart, so
-  no stream stays silent longer than `PROGRESS_PING_SECONDS`;
+- **a ping only when a stream was silent for a window**: the writes stamp the stream
+  (`Subscriber.last_write`, one clock read per write), and its next check is a window
+  (`PROGRESS_PING_SECONDS` less a round) after its last write; at the check, a stream
+  that wrote nothing for the window, or nothing since its previous check, gets a ping.
+  A check comes at most a round late, so no stream stays silent longer than
+  `PROGRESS_PING_SECONDS`, and an idle stream gets one ping per interval (as Nchan's
+  `nchan_eventsource_ping_interval`), not two: checking every half interval on a
+  "wrote since the last check" flag alone pinged idle streams twice as often;
+- **a ping phase per stream**: the first check is drawn at random within the first
+  window (and pings if nothing went out since the stream opened), and after a ping the
+  next check keeps that phase even when a late tick checked many streams at once, so
+  pings go out at an even rate instead of all in the same tick;
 - **a client that left ends its stream when it leaves**: the direct writer tells the
   subscriber (`Sink.when_gone`, from the server protocol's `connection_lost`:
   web/server_protocol.py). A sink that cannot tell (uvicorn's own httptools protocol) is
@@ -83,9 +87,9 @@ class Keepalive:
         # Polled for a client that left, one set per tick (sinks that cannot tell).
         self._polled: list[set[Subscriber]] = [set() for _ in range(slots)]
         # Due times: bucket `k % len` holds the streams due in [k * tick, (k + 1) * tick),
-        # within one lap of the wheel (a next check is at most a quiet window away).
+        # within one lap of the wheel (a next check is at most a window away).
         self._due: list[set[Subscriber]] = [
-            set() for _ in range(math.ceil(self._quiet_window() / self.tick) + 2)
+            set() for _ in range(math.ceil(self._window() / self.tick) + 2)
         ]
         self._next_bucket = self._bucket_of(time.monotonic())  # the first not visited
         self._count = 0
@@ -115,7 +119,9 @@ class Keepalive:
         index = min(range(len(self._polled)), key=lambda i: len(self._polled[i]))
         sub.sweep_slot = index
         self._polled[index].add(sub)
-        sub.ping_at = time.monotonic() + random.random() * self._quiet_window()
+        now = time.monotonic()
+        sub.last_check = now
+        sub.ping_at = now + random.random() * self._window()
         self._count += 1
         self._schedule(sub)
 
@@ -137,11 +143,10 @@ class Keepalive:
         for sub in self.hub.subscribers():  # and those still opening
             sub.close("shutdown")
 
-    def _quiet_window(self) -> float:
-        """From one ping check to the next: with the round it may come late, at most half
-        the ping interval, so a write just after a check is followed within the interval
-        by a second check, which pings if nothing else went out."""
-        return self.ping_seconds / 2 - self.round_seconds
+    def _window(self) -> float:
+        """The silence after which a stream is pinged: with the round a check may come
+        late, the ping interval less a round."""
+        return self.ping_seconds - self.round_seconds
 
     def _bucket_of(self, when: float) -> int:
         return int(when / self.tick)
@@ -195,7 +200,7 @@ class Keepalive:
 
     def check(self, subs: list[Subscriber], now: float) -> None:
         """End what must end, ping what is due for it; the rest is scheduled again."""
-        quiet = self._quiet_window()
+        window = self._window()
         for sub in subs:
             if self.draining:
                 sub.close("shutdown")
@@ -204,14 +209,23 @@ class Keepalive:
             elif now >= sub.deadline:
                 sub.close("lifetime")
             elif now >= sub.ping_at:
-                if not sub.wrote:
-                    sub.request_ping()
-                sub.wrote = False
-                # The stream's own phase, not the visit's time: streams checked together
-                # by a late tick (an idle loop sleeps a round) keep their spread.
-                sub.ping_at += quiet
-                if sub.ping_at <= now:  # far behind (a stalled loop): a new phase
-                    sub.ping_at = now + random.random() * quiet
+                self._ping_if_silent(sub, now, window)
             if sub.closed is None:
                 self._count += 1
                 self._schedule(sub)
+
+    @staticmethod
+    def _ping_if_silent(sub: Subscriber, now: float, window: float) -> None:
+        """Ping a stream silent for the window (or since its last check), and set when to
+        look again: a window after its last write."""
+        if sub.last_write <= sub.last_check or now - sub.last_write >= window:
+            sub.request_ping()
+            sub.last_write = now
+            # The stream's own phase, not the visit's time: streams checked together by a
+            # late tick (an idle loop sleeps a round) keep their spread.
+            sub.ping_at += window
+            if sub.ping_at <= now:  # far behind (a stalled loop): a new phase
+                sub.ping_at = now + random.random() * window
+        else:
+            sub.ping_at = sub.last_write + window
+        sub.last_check = now

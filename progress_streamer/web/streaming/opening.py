@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -170,7 +171,7 @@ class SubscriberFrames:
     async def next_frame(self) -> bytes | None:
         sub = self.sub
         batch = await sub.next()
-        sub.wrote = True
+        sub.last_write = time.monotonic()
         if batch:
             if len(batch) == 1:
                 return sub.frame(batch[0])

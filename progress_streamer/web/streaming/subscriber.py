@@ -32,6 +32,8 @@ from progress_streamer.protocol.event import ProgressEvent
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.streaming.frames import PING, data_part, id_line
 
+_now = time.monotonic  # a write stamps its stream: one C call, no attribute lookups
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -89,7 +91,8 @@ class Subscriber:
         self._on_coalesce = on_coalesce  # e.g. the process's metric; only on this rare path
         self.closed: str | None = None  # why the stream ends early: shutdown, lifetime...
         self.ping_due = False
-        self.wrote = True  # a frame went out since the keep-alive's last ping check
+        self.last_write = time.monotonic()  # when a frame last went out (keep-alive)
+        self.last_check = self.last_write  # the keep-alive's last ping check
         self.ping_at = 0.0  # the keep-alive's next ping check (time.monotonic())
         self.sweep_slot: int | None = None  # the keep-alive's polled set, while polled
         self.due_slot: int | None = None  # the keep-alive's bucket of its next check
@@ -189,7 +192,7 @@ class Subscriber:
         if sink is not None:
             frame = delivery.frame if self.cursor is None else self.frame(delivery)
             if sink.write(frame):
-                self.wrote = True
+                self.last_write = _now()
                 if terminal:
                     self._wake()  # the writer ends the response
                 return

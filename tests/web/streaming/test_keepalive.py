@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import statistics
 from collections.abc import AsyncIterator
 
 import pytest
@@ -105,6 +106,33 @@ async def test_quiet_streams_get_a_ping_within_every_interval_and_not_all_at_onc
     first = sorted(s.pings[0] for s in sinks)
     ticks = {round(t / streams.keepalive.tick) for t in first}
     assert len(ticks) >= 5, sorted(ticks)
+
+
+async def test_an_idle_stream_gets_one_ping_per_interval_not_two(streams: Streams) -> None:
+    # The ping is owed after a silence of PROGRESS_PING_SECONDS: checking every half
+    # interval for "nothing written since the last check" pinged idle streams twice as
+    # often as that (what Nchan's ping interval does once).
+    _, sink = await streams.open()
+    await eventually(lambda: len(sink.pings) >= 5, within=10)
+    gaps = [b - a for a, b in itertools.pairwise(sink.pings)]
+    keepalive = streams.keepalive
+    window = PING_SECONDS - keepalive.round_seconds
+    # A ping keeps its stream's phase, so one after a late check (up to a round late:
+    # the sweep naps a round while no stream is open) comes that much sooner.
+    assert statistics.median(gaps) >= window - 2 * keepalive.tick, gaps
+    assert min(gaps) >= window - keepalive.round_seconds - 2 * keepalive.tick, gaps
+    assert max(gaps) <= PING_SECONDS + MARGIN, gaps
+
+
+async def test_a_write_moves_the_next_ping_a_whole_interval_away(streams: Streams) -> None:
+    sub, sink = await streams.open()
+    await eventually(lambda: len(sink.pings) >= 1, within=5)
+    await asyncio.sleep(PING_SECONDS / 2)
+    assert sub.offer(delivery(1))  # written straight to the sink
+    wrote_at = asyncio.get_running_loop().time()
+    await eventually(lambda: len(sink.pings) >= 2, within=5)
+    assert sink.pings[1] - wrote_at >= PING_SECONDS - streams.keepalive.round_seconds - 0.02
+    assert sink.pings[1] - wrote_at <= PING_SECONDS + MARGIN
 
 
 async def test_a_stream_that_keeps_writing_gets_no_ping(streams: Streams) -> None:
