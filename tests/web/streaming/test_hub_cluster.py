@@ -10,8 +10,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import httpx
 import pytest
@@ -128,16 +128,27 @@ async def _collect(events: object, feed: Feed) -> None:
         feed.received.append(json.loads(event.data))
 
 
-async def _follow(
-    stack: AsyncExitStack, client: httpx.AsyncClient, feeds: list[Feed]
-) -> list[asyncio.Task[None]]:
-    """A stream per feed, open until `stack` closes, each collected by its own task."""
-    readers = []
+def _started_feeds(pub: Publisher, count: int = 4) -> list[Feed]:
+    """Jobs that have started, a feed to collect each one's stream."""
+    feeds = [Feed(uuid.uuid4().hex) for _ in range(count)]
     for feed in feeds:
-        url = f"/api/v1/jobs/{feed.job_id}/events"
-        _, events = await stack.enter_async_context(open_sse(client, url))
-        readers.append(asyncio.create_task(_collect(events, feed)))
-    return readers
+        pub.publish(EventDraft(job_id=feed.job_id, status=JobStatus.STARTED))
+    return feeds
+
+
+@asynccontextmanager
+async def _following(
+    url: str, feeds: list[Feed]
+) -> AsyncIterator[tuple[httpx.AsyncClient, list[asyncio.Task[None]]]]:
+    """A stream per feed from the server at `url`, each collected by its own task, open
+    until the block ends; the client, for the block's other requests."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client, AsyncExitStack() as stack:
+        readers = []
+        for feed in feeds:
+            path = f"/api/v1/jobs/{feed.job_id}/events"
+            _, events = await stack.enter_async_context(open_sse(client, path))
+            readers.append(asyncio.create_task(_collect(events, feed)))
+        yield client, readers
 
 
 def _assert_contiguous(feeds: list[Feed], pub: Publisher, keys: KeySpace) -> None:
@@ -159,16 +170,10 @@ async def test_a_slot_migration_mid_stream_reroutes_within_a_second_without_gap_
     with running_cluster(3) as cluster:
         settings = cluster_settings(cluster, redis_server, prefix)
         pub = publisher(settings)
-        feeds = [Feed(uuid.uuid4().hex) for _ in range(4)]
-        for feed in feeds:
-            pub.publish(EventDraft(job_id=feed.job_id, status=JobStatus.STARTED))
+        feeds = _started_feeds(pub)
         try:
             with running_server(settings) as server:
-                async with (
-                    httpx.AsyncClient(base_url=server.url, timeout=60) as client,
-                    AsyncExitStack() as stack,
-                ):
-                    readers = await _follow(stack, client, feeds)
+                async with _following(server.url, feeds) as (client, readers):
                     figures: list[tuple[float, float]] = []
                     with Publishers(settings, feeds, count=100):
                         for feed in feeds:  # mid-stream: each job's slot moves
@@ -199,17 +204,11 @@ async def test_a_primary_restarted_mid_stream_streams_reach_the_terminal(
     with running_cluster(3) as cluster:
         settings = cluster_settings(cluster, redis_server, prefix)
         pub = publisher(settings)
-        feeds = [Feed(uuid.uuid4().hex) for _ in range(4)]
-        for feed in feeds:
-            pub.publish(EventDraft(job_id=feed.job_id, status=JobStatus.STARTED))
+        feeds = _started_feeds(pub)
         victim = cluster.owner_of_key(keys.job(feeds[0].job_id).channel)
         try:
             with cluster_web(settings, redis_server) as web:
-                async with (
-                    httpx.AsyncClient(base_url=web.url, timeout=60) as client,
-                    AsyncExitStack() as stack,
-                ):
-                    readers = await _follow(stack, client, feeds)
+                async with _following(web.url, feeds) as (client, readers):
                     with Publishers(settings, feeds, count=60):
                         await _wait_for_seq(feeds[0], 10, 10)
                         seen = int(feeds[0].received[-1]["seq"])  # type: ignore[call-overload]
@@ -234,17 +233,11 @@ async def test_a_primary_killed_with_a_replica_streams_resume_within_5_s(
     with running_cluster(3, replicas=1) as cluster:
         settings = cluster_settings(cluster, redis_server, prefix)
         pub = publisher(settings)
-        feeds = [Feed(uuid.uuid4().hex) for _ in range(4)]
-        for feed in feeds:
-            pub.publish(EventDraft(job_id=feed.job_id, status=JobStatus.STARTED))
+        feeds = _started_feeds(pub)
         victim = cluster.owner_of_key(keys.job(feeds[0].job_id).channel)
         try:
             with cluster_web(settings, redis_server) as web:
-                async with (
-                    httpx.AsyncClient(base_url=web.url, timeout=60) as client,
-                    AsyncExitStack() as stack,
-                ):
-                    readers = await _follow(stack, client, feeds)
+                async with _following(web.url, feeds) as (client, readers):
                     with Publishers(settings, feeds, count=150) as publishers:
                         await _wait_for_seq(feeds[0], 10, 10)
                         # The kill lands between two publishes, once the replica has them
@@ -283,18 +276,12 @@ async def test_a_manual_failover_moves_the_channels_to_the_promoted_replica(
     with running_cluster(3, replicas=1) as cluster:
         settings = cluster_settings(cluster, redis_server, prefix)
         pub = publisher(settings)
-        feeds = [Feed(uuid.uuid4().hex) for _ in range(4)]
-        for feed in feeds:
-            pub.publish(EventDraft(job_id=feed.job_id, status=JobStatus.STARTED))
+        feeds = _started_feeds(pub)
         old = cluster.owner_of_key(keys.job(feeds[0].job_id).channel)
         replica = cluster.replicas_of(old)[0]
         try:
             with running_server(settings) as server:
-                async with (
-                    httpx.AsyncClient(base_url=server.url, timeout=60) as client,
-                    AsyncExitStack() as stack,
-                ):
-                    readers = await _follow(stack, client, feeds)
+                async with _following(server.url, feeds) as (client, readers):
                     with Publishers(settings, feeds, count=100):
                         await _wait_for_seq(feeds[0], 10, 10)
                         await asyncio.to_thread(cluster.failover, replica)
@@ -400,11 +387,7 @@ async def test_a_cluster_down_refuses_ssubscribe_and_the_hub_retries_until_it_is
         caplog.set_level(logging.INFO, logger="progress_streamer.web.streaming.hub")
         try:
             with running_server(settings) as server:
-                async with (
-                    httpx.AsyncClient(base_url=server.url, timeout=60) as client,
-                    AsyncExitStack() as stack,
-                ):
-                    readers = await _follow(stack, client, feeds)
+                async with _following(server.url, feeds) as (client, readers):
                     with Publishers(settings, feeds, count=60) as publishers:
                         await _wait_for_seq(feeds[1], 5, 10)
                         # Parked while the cluster goes down; resumed (and refused, and
