@@ -8,15 +8,12 @@ were timed. Skipped only without a redis-server >= 7.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.cluster import BEGIN, END
-from tests.support import ROOT
+from tests.support.bench_harness import run_quick
 from tests.support.redis_cluster import cluster_unavailable
 
 pytestmark = [
@@ -27,23 +24,10 @@ pytestmark = [
 
 
 def test_the_cluster_harness_runs_at_a_tiny_size(tmp_path: Path) -> None:
-    docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Benchmarks\n\nKept as it is.\n")
-    args = ["--quick", "--docs", str(docs), "--results", str(tmp_path / "results")]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cluster", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    _, results = run_quick(
+        "bench.cluster", tmp_path, markers=(BEGIN, END), results="cluster-*.json",
         timeout=240,  # typically 45 s (a primary killed and replaced); generous for CI
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = docs.read_text()
-    assert text.startswith("# Benchmarks\n\nKept as it is.\n")
-    assert BEGIN in text and END in text
-    (result_file,) = (tmp_path / "results").glob("cluster-*.json")
-    results = json.loads(result_file.read_text())
+    )  # fmt: skip
     for mode, rounds in results["fanout"].items():
         for found in rounds:
             assert "error" not in found, (mode, found)

@@ -7,39 +7,23 @@ delivers, and the memory scenarios return figures. Skipped only without nginx.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from app.nginx import find_nginx
 from bench.scaleout import BEGIN, CONFIGS, END
-from tests.support import ROOT
+from tests.support.bench_harness import run_quick
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (.ci/run installs it)")
 def test_the_scaleout_harness_runs_at_a_tiny_size(tmp_path: Path) -> None:
-    docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Benchmarks\n\nKept as it is.\n")
-    args = ["--quick", "--docs", str(docs), "--results", str(tmp_path / "results")]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.scaleout", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    _, results = run_quick(
+        "bench.scaleout", tmp_path, markers=(BEGIN, END), results="scaleout-*.json",
         timeout=100,  # typically 20 s; generous for a loaded CI machine
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = docs.read_text()
-    assert text.startswith("# Benchmarks\n\nKept as it is.\n")
-    assert BEGIN in text and END in text
-    (result_file,) = (tmp_path / "results").glob("scaleout-*.json")
-    results = json.loads(result_file.read_text())
+    )  # fmt: skip
     for name, processes, affinity in CONFIGS:
         fanout = results["fanout"][name]
         assert "error" not in fanout, fanout

@@ -7,9 +7,6 @@ Nchan is only run where nginx and its module are installed: this test never inst
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +14,17 @@ import pytest
 
 from bench.document import BEGIN, END
 from bench.nchan import find_nchan
-from tests.support import ROOT
+from tests.support import bench_harness
 
 pytestmark = pytest.mark.slow
 
 
 def run_quick(tmp_path: Path, servers: str, *extra: str) -> tuple[str, dict[str, Any]]:
-    docs = tmp_path / "benchmarks.md"
-    docs.write_text("# Benchmarks\n\nKept as it is.\n")
-    args = ["--quick", "--servers", servers, "--no-install", "--docs", str(docs)]
-    args += ["--results", str(tmp_path / "results"), *extra]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    return bench_harness.run_quick(
+        "bench.run", tmp_path, "--servers", servers, "--no-install", *extra,
+        markers=(BEGIN, END),
         timeout=90,  # typically 5 to 15 s; generous for a loaded CI machine
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    text = docs.read_text()
-    assert text.startswith("# Benchmarks\n\nKept as it is.\n")
-    assert BEGIN in text and END in text
-    (result_file,) = (tmp_path / "results").glob("*.json")
-    return done.stdout, json.loads(result_file.read_text())
+    )  # fmt: skip
 
 
 def check_server(result: dict[str, Any], name: str) -> None:
