@@ -34,3 +34,4 @@ bench: install
 	$(PY) -m bench.run $(if $(BASELINE),--baseline $(BASELINE))
 	$(PY) -m bench.scaleout
 	$(PY) -m bench.cluster
+	$(PY) -m bench.garbage $(if $(BASELINE),--baseline $(BASELINE))

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         setup = Setup(single, cluster, queue, open_files)
         results = uvloop.run(run(setup, sizes, wanted))
-    results["redis_version"] = f"Debian's redis-server {version}, AOF on (everysec)"
+    results["redis_version"] = f"Debian's redis-server {version}, AOF on (appendfsync always)"
     command = " ".join(["python -m bench.cluster", *argv]).strip()
     text = block(results, sizes, command, load, started)
     raw = json.dumps(results, indent=1, default=dataclasses.asdict)

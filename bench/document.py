@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from argparse import ArgumentParser, Namespace, RawDescriptionHelpFormatter
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,20 @@ def save(
         print(f"written into {docs}", file=sys.stderr)
 
 
-def parse_args(argv: list[str], command: str, doc: str, scenarios: str) -> Namespace:
-    """The options every module that writes its own section takes (`save` reads them)."""
+def parse_args(
+    argv: list[str],
+    command: str,
+    doc: str,
+    scenarios: str,
+    extra: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> Namespace:
+    """The options every module that writes its own section takes (`save` reads them),
+    and the module's own (`extra`: a flag and `add_argument`'s keywords each)."""
     parser = ArgumentParser(
         prog=command, description=doc, formatter_class=RawDescriptionHelpFormatter
     )
+    for flag, options in extra:
+        parser.add_argument(flag, **options)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness")
     parser.add_argument("--scenarios", default=scenarios)
     parser.add_argument("--docs", type=Path, default=None, help="Markdown file to write into")
