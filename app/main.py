@@ -43,11 +43,12 @@ def settle_the_collector() -> None:
     """Python's garbage collector for a process that holds thousands of streams.
 
     Every open stream waits while a full collection walks every object the process holds
-    (docs/scaling.md, "Garbage collection"). Two things shorten and space those pauses:
-    what was built at start (modules, the app) is moved out of the collector's sight
-    (`gc.freeze`: it lives as long as the process), and a full collection needs a hundred
-    younger ones before it (the quarter-of-all rule still applies on top). Cyclic garbage
-    waits longer for it: the streams leave none (tests/web/test_app.py).
+    (docs/scaling.md, "Python's full garbage collections"). Two things shorten and space
+    those pauses: what was built at start (modules, the app) is moved out of the
+    collector's sight (`gc.freeze`: it lives as long as the process), and a full
+    collection needs a hundred younger ones before it (the quarter-of-all rule still
+    applies on top). Cyclic garbage waits longer for it: the streams leave none
+    (tests/web/test_app.py).
     """
     gc.collect()
     gc.freeze()

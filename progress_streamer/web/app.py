@@ -102,7 +102,7 @@ class ProgressApp(Starlette):
         # Taken out of the scope, not read: the server's request cycle holds the scope,
         # and the stream (through its writer) holds that cycle. Left in, the two would
         # form a reference cycle, and every ended stream would wait for a full garbage
-        # collection to be freed (benchmarks.md, "Garbage").
+        # collection to be freed (benchmarks.md, "Garbage collection in the web process").
         if (stream := scope.pop(PARKED, None)) is not None:
             await stream.run(receive, send)
 
