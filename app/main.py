@@ -34,7 +34,7 @@ def create_app_from_env() -> Starlette:
 
 
 # Full collections come at most once per this many younger (generation 1) ones, instead
-# of Python's 10: a process holding 10,000 streams takes 0.4-0.5 s for one, and while
+# of Python's 10: a process holding 10,000 streams takes 0.3-0.5 s for one, and while
 # thousands of clients (re)connect at once, a deploy's, the default set off seven.
 FULL_COLLECTION_EVERY = 100
 
