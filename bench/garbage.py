@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,20 +36,18 @@ from typing import Any
 from bench import document
 from bench.machine import (
     LOAD_CORE,
-    SERVER_CORE,
     load_average,
     machine_info,
     pin_to,
     raise_open_files_limit,
-    taskset,
 )
-from bench.servers import ROOT, Backend, RunningServer, command_for, export_tree
+from bench.servers import Backend, RunningServer, export_tree, start_server
 from progress_streamer.protocol.connections import sync_client
 from progress_streamer.protocol.event import EventDraft
 from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
-from progress_streamer.redis_server import RedisServer, free_port
+from progress_streamer.redis_server import RedisServer
 
 BEGIN, END = "<!-- bench-garbage:begin -->", "<!-- bench-garbage:end -->"
 PROBE = str(Path(__file__).resolve().parent / "gc_probe")
@@ -83,30 +81,15 @@ def measure(name: str, backend: Backend, streams: int) -> dict[str, Any]:
         return {"base": reports[0], "opened": reports[1], "ended": reports[2]}
     finally:
         server.stop()
+        out.unlink(missing_ok=True)
 
 
 def start(name: str, backend: Backend) -> tuple[RunningServer, Path]:
-    port = free_port()
-    directory = tempfile.mkdtemp(prefix=f"bench-garbage-{name}-")
-    args, env = command_for(name, backend, port, directory)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROBE, env.get("PYTHONPATH")) if p)
-    out = Path(directory, "gc.jsonl")
-    env["BENCH_GC_OUT"] = str(out)
-    with open(Path(directory, "server.log"), "wb") as log:
-        process = subprocess.Popen(
-            [*taskset(SERVER_CORE), *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = RunningServer(name, port, process, directory)
-    wait_for(lambda: accepts(port) or not server.alive(), f"{name} to accept connections")
-    if not server.alive():
-        raise RuntimeError(f"{name} exited at start:\n{server.log_tail()}")
-    return server, out
+    """The server with the probe on its path, and the file the probe reports into."""
+    handle, out = tempfile.mkstemp(prefix=f"bench-garbage-{name}-", suffix=".jsonl")
+    os.close(handle)
+    server = start_server(name, backend, extra_env={"BENCH_GC_OUT": out}, path_first=PROBE)
+    return server, Path(out)
 
 
 def report(server: RunningServer, out: Path) -> dict[str, Any]:
@@ -154,14 +137,6 @@ def open_streams_now(port: int) -> float:
         if line.startswith("progress_open_streams "):
             return float(line.split()[1])
     raise RuntimeError("no progress_open_streams in /metrics")
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def wait_for(check: Any, what: str) -> None:
@@ -245,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"baseline: {label}"] = measure("baseline", backend, streams)
     finally:
         if baseline is not None:
-            subprocess.run(["rm", "-rf", baseline], check=False)
+            shutil.rmtree(baseline, ignore_errors=True)
     command = " ".join(["python -m bench.garbage", *argv]).strip()
     text = block(results, streams, command, load, started)
     raw = json.dumps(results, indent=1)

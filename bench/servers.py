@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,11 +164,23 @@ def export_tree(ref: str) -> tuple[str, str]:
     return directory, f"{ref} ({commit})"
 
 
-def start_server(name: str, backend: Backend, timeout: float = 30.0) -> RunningServer:
-    """Start `name` pinned to the server core and wait until it accepts connections."""
+def start_server(
+    name: str,
+    backend: Backend,
+    timeout: float = 30.0,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    path_first: str | None = None,
+) -> RunningServer:
+    """Start `name` pinned to the server core and wait until it accepts connections.
+    `extra_env` is added to its environment; `path_first` goes first on its PYTHONPATH
+    (e.g. `bench.garbage`'s probe)."""
     port = free_port()
     directory = tempfile.mkdtemp(prefix=f"bench-{name}-")
     args, env = command_for(name, backend, port, directory)
+    env.update(extra_env or {})
+    if path_first is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (path_first, env.get("PYTHONPATH")) if p)
     with open(Path(directory, "server.log"), "wb") as log:
         process = subprocess.Popen(
             [*taskset(SERVER_CORE), *args],

@@ -16,9 +16,11 @@ import redis.asyncio
 
 from progress_streamer.protocol.connections import async_client, sync_client
 from progress_streamer.protocol.keys import KeySpace
+from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.redis_server import RedisServer
 from tests.support.redis_cluster import RedisCluster, cluster_unavailable
+from tests.support.server import publisher
 
 UNRETRIEVED = "exception was never retrieved"
 
@@ -125,6 +127,14 @@ def settings(
         celery_broker_url=redis_server.url,
         arq_redis_url=redis_server.url,
     )
+
+
+@pytest.fixture
+def pub(settings: Settings) -> Iterator[Publisher]:
+    """A publisher on the test's Redis (and key prefix), as a worker would publish."""
+    p = publisher(settings)
+    yield p
+    p.redis.close()
 
 
 @pytest.fixture

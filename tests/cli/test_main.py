@@ -14,20 +14,13 @@ import pytest
 from progress_streamer.protocol import ErrorInfo, EventDraft, JobStatus, Publisher, Settings
 from tests.support import ROOT
 from tests.support.celery_worker import wait_for
-from tests.support.server import ServerThread, publisher, running_server
+from tests.support.server import ServerThread, running_server
 
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[ServerThread]:
     with running_server(settings) as server:
         yield server
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
 
 
 def command(server: ServerThread, *args: str) -> list[str]:

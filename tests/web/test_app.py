@@ -23,14 +23,7 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.streaming.subscriber import Subscriber
-from tests.support.server import ServerThread, eventually, publisher, running_server
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
+from tests.support.server import ServerThread, eventually, running_server
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web import create_app
 from tests.support.host_app import host_app, serving
-from tests.support.server import FakeRunner, open_sse, publisher, read_all
+from tests.support.server import FakeRunner, open_sse, read_all
 
 SECRET = "mount-secret-0123456789-0123456789abcdef"
 
@@ -50,13 +50,6 @@ def runner(settings: Settings) -> Iterator[FakeRunner]:
     fake = FakeRunner(settings)
     yield fake
     fake.close()
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
 
 
 def composed(progress_app: Any) -> Any:

@@ -26,16 +26,9 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from tests.support.reliability import report
-from tests.support.server import ServerThread, open_sse, publisher, running_server
+from tests.support.server import ServerThread, open_sse, running_server
 
 FORGED_SEQ = 10**15
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
 
 
 @pytest.fixture

@@ -37,13 +37,6 @@ def server(settings: Settings) -> Iterator[ServerThread]:
         yield server
 
 
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
-
-
 def new_job(pub: Publisher, *statuses: JobStatus) -> str:
     job = uuid.uuid4().hex
     for status in statuses:

@@ -15,7 +15,7 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.routes.jobs import content_disposition
-from tests.support.server import FakeRunner, ServerThread, publisher, running_server
+from tests.support.server import FakeRunner, ServerThread, running_server
 
 # Each test runs on one Redis and again on a Redis Cluster (tests/conftest.py).
 pytestmark = pytest.mark.both_redis_modes
@@ -38,13 +38,6 @@ def server(settings: Settings, runner: FakeRunner) -> Iterator[ServerThread]:
 async def client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         yield client
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
 
 
 async def enqueue(client: httpx.AsyncClient, **body: object) -> httpx.Response:

@@ -14,7 +14,7 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.tokens import mint_token
-from tests.support.server import ServerThread, open_sse, publisher, read_all, running_server
+from tests.support.server import ServerThread, open_sse, read_all, running_server
 
 SECRET = "watch-secret-0123456789-0123456789abcdef"
 
@@ -38,13 +38,6 @@ def server(secured: Settings) -> Iterator[ServerThread]:
 async def client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         yield client
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
 
 
 def started_jobs(pub: Publisher, n: int) -> list[str]:

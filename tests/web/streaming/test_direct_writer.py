@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,14 +19,7 @@ from progress_streamer.protocol.publisher import Publisher
 from progress_streamer.protocol.settings import Settings
 from progress_streamer.protocol.status import JobStatus
 from progress_streamer.web.streaming import response
-from tests.support.server import PROCFILE_HTTP, eventually, publisher, running_server
-
-
-@pytest.fixture
-def pub(settings: Settings) -> Iterator[Publisher]:
-    p = publisher(settings)
-    yield p
-    p.redis.close()
+from tests.support.server import PROCFILE_HTTP, eventually, running_server
 
 
 def started_job(pub: Publisher) -> str:
