@@ -5,9 +5,10 @@ what ended streams leave for the collector.
 
 Python's full (generation 2) collection walks every object the process tracks, and every
 stream of the process waits meanwhile; it runs once the objects that survived since the
-last one reach a quarter of all. So what a stream costs it is the number of objects it
-holds, and what an ended stream leaves in a reference cycle stays (its subscriber, its
-queued frames, the server's request cycle and transport) until the next full collection.
+last one reach a quarter of all. So what a stream costs a full collection is the number
+of objects it holds, and what an ended stream leaves in a reference cycle (its
+subscriber, its queued frames, the server's request cycle and transport) stays until the
+next full collection.
 
 For ours, and the baseline commit if given (`git archive`, as `bench.run --baseline`), in
 turn: the Procfile's web command pinned to the server core, with `bench/gc_probe` first
