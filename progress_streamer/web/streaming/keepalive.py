@@ -16,8 +16,8 @@ when each was looked at four times a second. So:
 - **a timing wheel of due times**: each stream sits in the bucket of its next check
   (`Subscriber.due_slot`), the earlier of its next ping check and its lifetime's end; each
   tick (1/16 of a quarter second) visits the buckets whose time has come, so a stream
-  costs one visit per half ping interval (two every 15 s by default), whatever the
-  number of streams;
+  costs about one visit per ping interval (its check a window after its last write),
+  whatever the number of streams;
 - **a ping only when a stream was silent for a window**: the writes stamp the stream
   (`Subscriber.last_write`, one clock read per write), and its next check is a window
   (`PROGRESS_PING_SECONDS` less a round) after its last write; at the check, a stream
