@@ -76,7 +76,7 @@ def measure(name: str, backend: Backend, streams: int) -> dict[str, Any]:
             read_to_the_end(sock)
         for sock in socks:  # the rest: the client leaves
             sock.close()
-        wait_for(lambda: open_streams_now(server.port) == 0, "the streams to end")
+        wait_for(lambda: streams_open_now(server.port) == 0, "the streams to end")
         reports.append(report(server, out))
         redis.close()
         return {"base": reports[0], "opened": reports[1], "ended": reports[2]}
@@ -128,7 +128,7 @@ def read_to_the_end(sock: socket.socket) -> None:
         seen = seen[-16:] + data
 
 
-def open_streams_now(port: int) -> float:
+def streams_open_now(port: int) -> float:
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         body = b""
